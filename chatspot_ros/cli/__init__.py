@@ -1,0 +1,2 @@
+"""Command-line tools without ROS: chatspot-ask, chatspot-bench, chatspot-build-engine."""
+from __future__ import annotations

@@ -1,0 +1,284 @@
+"""chatspot-bench: K regions on one frame, naive per-region HF generate() vs the runtime.
+
+    chatspot-bench --preset small --k 1 4 16 [--max-new-tokens 16] [--json]
+
+naive   = what users write: for every region, pad the frame, run the LlavaProcessor (image + prompt)
+          and ``model.generate()``; the frame is encoded and the prompt prefilled K times.
+runtime = ``ChatSpotRuntime``: the frame encoded once, the shared prefix (system text + image
+          tokens) prefilled once, the K region suffixes prefilled and decoded as one batch.
+
+Both decode greedily with the same max_new_tokens and no stop strings; the bench checks that the
+token ids are identical in the same run. ``ceiling`` = (P + S) / (P / K + S) is the compute-bound
+speedup of sharing the prefix: P = prefix tokens, S = suffix tokens + generated tokens per region.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from chatspot_ros.runtime.config import VISION_BACKENDS
+
+
+@dataclass
+class BenchRow:
+    model: str
+    device: str
+    k: int
+    naive_ms: float
+    runtime_ms: float
+    speedup: float
+    ceiling: float
+    identical: bool
+    vision_ms: float
+    prefill_ms: float
+    ttft_ms: float
+    decode_tok_s: float
+    prefix_tokens: int
+    suffix_tokens: float
+    generated_tokens: float
+    naive_vision_ms: float
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chatspot-bench", description=__doc__.split("\n")[0])
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--preset", choices=("tiny", "small", "llava7b"), default="small",
+                        help="build a random-weight checkpoint of this size (default small, ~25 M)")
+    source.add_argument("--model", help="an existing local checkpoint folder instead of a preset")
+    parser.add_argument("--model-cache", default=None, help="where to build/reuse the preset checkpoint")
+    parser.add_argument("--k", type=int, nargs="+", default=[1, 4, 16], help="regions per frame")
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per config (median reported)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default=None, help="default float32 on cpu, float16 on cuda")
+    parser.add_argument("--vision-backend", default="torch", choices=VISION_BACKENDS)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    parser.add_argument("--frame-size", default="640x480", help="WxH of the synthetic camera frame")
+    parser.add_argument("--json", action="store_true", help="one JSON object per config")
+    return parser
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _regions(k: int, width: int, height: int, seed: int = 0) -> list[Any]:
+    from chatspot_ros.referring import Region
+
+    rng = np.random.default_rng(seed)
+    regions = []
+    for i in range(k):
+        x0, y0 = rng.uniform(0, width * 0.7), rng.uniform(0, height * 0.7)
+        w, h = rng.uniform(10, width * 0.3), rng.uniform(10, height * 0.3)
+        if i % 4 == 3:
+            regions.append(Region.point(x0 + w / 2, y0 + h / 2))
+        else:
+            regions.append(Region.box(x0, y0, x0 + w, y0 + h))
+    return regions
+
+
+QUESTIONS = ("What is in this region?", "What color is it?", "What is the object doing?",
+             "What text can you see here?")
+
+
+@torch.inference_mode()
+def run_naive(chatspot: Any, processor: Any, frame: np.ndarray, prompts: Sequence[str],
+              max_new_tokens: int) -> tuple[list[list[int]], float, float]:
+    """(tokens per prompt, total ms, vision+processor ms) of per-region processor + HF generate."""
+    runtime = chatspot.runtime
+    model, device = runtime.model, runtime.device
+    eos = runtime.lm.eos_token_ids
+    outputs, prep_ms = [], 0.0
+    _sync(device)
+    start = time.perf_counter()
+    for prompt in prompts:
+        t0 = time.perf_counter()
+        image = runtime.preprocess.expand_to_square(frame) if runtime.preprocess.pad_to_square else frame
+        inputs = processor(images=[image], text=[prompt], return_tensors="pt").to(device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(runtime.dtype)
+        prep_ms += (time.perf_counter() - t0) * 1e3
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        new = out[0, inputs["input_ids"].shape[1]:].tolist()
+        if new and new[-1] in eos:
+            new = new[:-1]
+        outputs.append(new)
+    _sync(device)
+    return outputs, (time.perf_counter() - start) * 1e3, prep_ms
+
+
+def run_runtime(chatspot: Any, frame: np.ndarray, prompts: Sequence[str], max_new_tokens: int) -> tuple[list[Any], float, float]:
+    from chatspot_ros.runtime import GenerationConfig
+
+    runtime = chatspot.runtime
+    _sync(runtime.device)
+    start = time.perf_counter()
+    features = runtime.encode(frame)  # no key: encoded afresh, as for a new camera frame
+    generations = runtime.generate(features, prompts, GenerationConfig(max_new_tokens=max_new_tokens))
+    _sync(runtime.device)
+    return generations, (time.perf_counter() - start) * 1e3, features.vision_ms
+
+
+def bench_one(chatspot: Any, processor: Any, frame: np.ndarray, k: int, args: argparse.Namespace,
+              model_name: str) -> BenchRow:
+    size = (frame.shape[1], frame.shape[0])
+    requests = [chatspot.builder.ask(QUESTIONS[i % len(QUESTIONS)], [r], size)
+                for i, r in enumerate(_regions(k, *size))]
+    prompts = [chatspot.prompt_for(r) for r in requests]
+    runtime = chatspot.runtime
+
+    naive_times, naive_vision, runtime_times, last = [], [], [], None
+    for repeat in range(args.repeats + 1):  # the first run of each is a warm-up
+        naive_tokens, naive_ms, prep_ms = run_naive(chatspot, processor, frame, prompts, args.max_new_tokens)
+        generations, runtime_ms, vision_ms = run_runtime(chatspot, frame, prompts, args.max_new_tokens)
+        if repeat > 0:
+            naive_times.append(naive_ms)
+            naive_vision.append(prep_ms)
+            runtime_times.append(runtime_ms)
+        last = (naive_tokens, generations, vision_ms)
+    assert last is not None
+    naive_tokens, generations, vision_ms = last
+    identical = all(list(g.token_ids) == n for g, n in zip(generations, naive_tokens))
+
+    n_image = runtime.num_image_tokens
+    ids = [runtime.tokenize_prompt(p, n_image) for p in prompts]
+    last_image = max(i for i, t in enumerate(ids[0]) if t == runtime.image_token_id)
+    prefix = last_image + 1
+    suffix = statistics.mean(len(x) - prefix for x in ids)
+    generated = statistics.mean(g.tokens for g in generations)
+    s_tokens = suffix + generated
+    ceiling = (prefix + s_tokens) / (prefix / k + s_tokens)
+    decode_s = generations[0].decode_ms / 1e3
+    total_generated = sum(max(0, g.tokens - 1) for g in generations)  # the first token comes from prefill
+    naive_med, runtime_med = statistics.median(naive_times), statistics.median(runtime_times)
+    return BenchRow(
+        model=model_name, device=str(runtime.device), k=k,
+        naive_ms=round(naive_med, 2), runtime_ms=round(runtime_med, 2),
+        speedup=round(naive_med / runtime_med, 2), ceiling=round(ceiling, 2), identical=identical,
+        vision_ms=round(vision_ms, 2), prefill_ms=round(generations[0].prefill_ms, 2),
+        ttft_ms=round(vision_ms + generations[0].prefill_ms, 2),
+        decode_tok_s=round(total_generated / decode_s, 1) if decode_s > 0 else 0.0,
+        prefix_tokens=prefix, suffix_tokens=round(suffix, 1), generated_tokens=round(generated, 1),
+        naive_vision_ms=round(statistics.median(naive_vision), 2),
+    )
+
+
+def bandwidth_fraction(chatspot: Any, frame: np.ndarray, max_new_tokens: int) -> dict[str, float]:
+    """GPU only: single-stream decode's share of the memory-bandwidth bound (weights read once per token)."""
+    runtime = chatspot.runtime
+    device = runtime.device
+    n_bytes = 1 << 30
+    a = torch.empty(n_bytes, dtype=torch.uint8, device=device)
+    b = torch.empty_like(a)
+    b.copy_(a)
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(10):
+        b.copy_(a)
+    _sync(device)
+    bandwidth = 2 * n_bytes * 10 / (time.perf_counter() - start)  # read + write, bytes/s
+    del a, b
+    lm_bytes = sum(p.numel() * p.element_size() for p in runtime.model.model.language_model.parameters())
+    lm_bytes += runtime.model.lm_head.weight.numel() * runtime.model.lm_head.weight.element_size()
+    size = (frame.shape[1], frame.shape[0])
+    prompt = chatspot.prompt_for(chatspot.builder.ask(QUESTIONS[0], _regions(1, *size), size))
+    from chatspot_ros.runtime import GenerationConfig
+
+    features = runtime.encode(frame)
+    runtime.generate(features, [prompt], GenerationConfig(max_new_tokens=4))  # warm-up
+    gen = runtime.generate(features, [prompt], GenerationConfig(max_new_tokens=max_new_tokens))[0]
+    tok_s = max(0, gen.tokens - 1) / (gen.decode_ms / 1e3)
+    bound = bandwidth / lm_bytes
+    return {"measured_bandwidth_gb_s": round(bandwidth / 1e9, 1), "weights_gb": round(lm_bytes / 1e9, 2),
+            "decode_tok_s_single": round(tok_s, 1), "bound_tok_s": round(bound, 1),
+            "fraction_of_bound": round(tok_s / bound, 3)}
+
+
+def _model_dir(args: argparse.Namespace) -> tuple[Path, str]:
+    if args.model:
+        return Path(args.model), Path(args.model).name
+    from chatspot_ros.testing.tiny_model import build_tiny_llava
+
+    folder = Path(args.model_cache) if args.model_cache else Path(tempfile.gettempdir()) / f"chatspot-bench-{args.preset}"
+    if not (folder / "config.json").is_file():
+        device = args.device if args.preset == "llava7b" else "cpu"
+        dtype = "float16" if args.preset == "llava7b" else "float32"
+        print(f"building the {args.preset} checkpoint in {folder} ...", file=sys.stderr)
+        build_tiny_llava(folder, preset=args.preset, seed=0, dtype=dtype, device=device)
+    return folder, f"{args.preset} (random weights)"
+
+
+def _print_table(rows: Sequence[BenchRow]) -> None:
+    header = (f"{'model':<24} {'K':>3} {'naive ms':>10} {'runtime ms':>11} {'speedup':>8} {'ceiling':>8} "
+              f"{'same':>5} {'vision ms':>10} {'prefill ms':>11} {'TTFT ms':>9} {'decode tok/s':>13} "
+              f"{'P':>5} {'S':>6}")
+    print(header)
+    for r in rows:
+        print(f"{r.model:<24} {r.k:>3} {r.naive_ms:>10.1f} {r.runtime_ms:>11.1f} {r.speedup:>7.2f}x "
+              f"{r.ceiling:>7.2f}x {str(r.identical):>5} {r.vision_ms:>10.1f} {r.prefill_ms:>11.1f} "
+              f"{r.ttft_ms:>9.1f} {r.decode_tok_s:>13.1f} {r.prefix_tokens:>5} "
+              f"{r.suffix_tokens + r.generated_tokens:>6.1f}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from transformers import AutoProcessor
+    from transformers.utils import logging as hf_logging
+
+    from chatspot_ros.pipeline import ChatSpot
+    from chatspot_ros.runtime import RuntimeConfig
+
+    hf_logging.disable_progress_bar()
+    if args.device == "cpu":
+        torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    if any(k < 1 for k in args.k):
+        print("chatspot-bench: error: --k values must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        width, height = (int(v) for v in args.frame_size.lower().split("x"))
+        folder, model_name = _model_dir(args)
+        dtype = args.dtype or ("float32" if args.device == "cpu" else "float16")
+        chatspot = ChatSpot.from_config(RuntimeConfig(model_path=str(folder), device=args.device, dtype=dtype,
+                                                      vision_backend=args.vision_backend))
+        processor = AutoProcessor.from_pretrained(str(folder), local_files_only=True)
+    except (FileNotFoundError, ValueError, ImportError, RuntimeError) as err:
+        print(f"chatspot-bench: error: {err}", file=sys.stderr)
+        return 2
+    frame = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    rows = []
+    for k in args.k:
+        row = bench_one(chatspot, processor, frame, k, args, model_name)
+        rows.append(row)
+        if args.json:
+            print(json.dumps(asdict(row)), flush=True)
+    extra = bandwidth_fraction(chatspot, frame, args.max_new_tokens) if chatspot.runtime.device.type == "cuda" else None
+    if args.json:
+        if extra is not None:
+            print(json.dumps({"model": model_name, "gpu": torch.cuda.get_device_name(), **extra}), flush=True)
+    else:
+        print(f"# {model_name}, device {args.device}, dtype {dtype}, threads {torch.get_num_threads()}, "
+              f"vision backend {chatspot.runtime.backend_name}, max_new_tokens {args.max_new_tokens}, "
+              f"median of {args.repeats}")
+        _print_table(rows)
+        if extra is not None:
+            print("# single-stream decode vs memory-bandwidth bound:", json.dumps(extra))
+    chatspot.close()
+    return 0 if all(r.identical for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

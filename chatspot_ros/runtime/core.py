@@ -1,0 +1,229 @@
+"""ChatSpotRuntime: encode each frame once, answer every region prompt of it in one batch."""
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from chatspot_ros.runtime.config import FrameFeatures, Generation, GenerationConfig, RuntimeConfig
+from chatspot_ros.runtime.generation import LanguageModel, PrefixKV, generate_batch, prefill_prefix
+from chatspot_ros.runtime.loading import TORCH_DTYPES, CheckpointInfo, inspect_checkpoint, load_model
+from chatspot_ros.runtime.vision import ImagePreprocessor, VisionBackend, VisionEncoder
+
+LOGGER = logging.getLogger("chatspot_ros.runtime")
+IMAGE_TOKEN = "<image>"
+MAX_PREFIXES_PER_FRAME = 4
+
+
+class ChatSpotRuntime:
+    """The model boundary: ``encode(frame)`` once, then ``generate(features, prompts)`` for any regions.
+
+    Prompts are full conversation strings holding one ``<image>`` (e.g. from ConversationTemplate).
+    Thread-safe: calls are serialized with a lock.
+    """
+
+    def __init__(
+        self,
+        config: RuntimeConfig,
+        info: CheckpointInfo,
+        model: Any,
+        tokenizer: Any,
+        preprocess: ImagePreprocessor,
+        backend: VisionBackend,
+    ) -> None:
+        self.config = config
+        self.info = info
+        self.model = model
+        self.tokenizer = tokenizer
+        self.preprocess = preprocess
+        self.backend = backend
+        self.family: str = info.family
+        self.default_dialect: str = info.default_dialect
+        self.conversation_name: str = info.conversation
+        self.model_name: str = str(info.model_config.get("_name_or_path") or info.path.name)
+        self.device = torch.device(config.device)
+        self.dtype = TORCH_DTYPES[config.dtype]
+        self.image_token_id = int(model.config.image_token_id)
+        generation_config = model.generation_config
+        eos = generation_config.eos_token_id if generation_config.eos_token_id is not None else tokenizer.eos_token_id
+        eos_ids = frozenset(eos if isinstance(eos, (list, tuple)) else [eos])
+        pad = generation_config.pad_token_id
+        if pad is None:
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids)
+        self.lm = LanguageModel(
+            embed=model.model.language_model.get_input_embeddings(),
+            decoder=model.model.language_model,
+            lm_head=model.lm_head,
+            text_config=model.config.text_config,
+            eos_token_ids=eos_ids,
+            pad_token_id=int(pad),
+            image_token_id=self.image_token_id,
+        )
+        self._features: OrderedDict[Hashable, FrameFeatures] = OrderedDict()
+        self._lock = threading.RLock()
+        self._geometry: Any = None
+        self._conversation: Any = None
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, config: RuntimeConfig) -> ChatSpotRuntime:
+        """Load a local checkpoint folder and the vision backend the config asks for."""
+        from chatspot_ros.runtime.backends import create_vision_backend
+
+        info = inspect_checkpoint(config)
+        start = time.perf_counter()
+        model, tokenizer, image_processor = load_model(info, config)
+        preprocess = ImagePreprocessor(image_processor, info.pad_to_square)
+        backend = create_vision_backend(
+            config.vision_backend,
+            encoder=VisionEncoder.from_llava(model),
+            preprocess=preprocess,
+            device=torch.device(config.device),
+            dtype=TORCH_DTYPES[config.dtype],
+            engine_dir=config.engine_dir,
+            model_path=info.path,
+        )
+        LOGGER.info(
+            "loaded %s (family %s, projector %s) on %s/%s with vision backend %s in %.1f s",
+            info.path, info.family, info.projector_type, config.device, config.dtype, backend.name,
+            time.perf_counter() - start,
+        )
+        return cls(config, info, model, tokenizer, preprocess, backend)
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    @property
+    def num_image_tokens(self) -> int:
+        vision = self.model.config.vision_config
+        n = (vision.image_size // vision.patch_size) ** 2
+        return n if self.model.config.vision_feature_select_strategy == "default" else n + 1
+
+    @property
+    def geometry(self) -> Any:
+        """ImageGeometry of the checkpoint's preprocessing (chatspot_ros.referring)."""
+        if self._geometry is None:
+            from chatspot_ros.referring import ImageGeometry
+
+            self._geometry = ImageGeometry.from_checkpoint_configs(self.info.processor_config, self.info.model_config)
+        return self._geometry
+
+    @property
+    def conversation(self) -> Any:
+        """ConversationTemplate the checkpoint was trained with (chatspot_ros.referring)."""
+        if self._conversation is None:
+            from chatspot_ros.referring import get_conversation
+
+            self._conversation = get_conversation(self.conversation_name)
+        return self._conversation
+
+    # ------------------------------------------------------------------ vision
+    def encode(self, frame: np.ndarray, key: Hashable | None = None) -> FrameFeatures:
+        """Image features of one (H, W, 3) uint8 RGB frame; cached (LRU) under ``key`` when given."""
+        with self._lock:
+            if key is not None and key in self._features:
+                self._features.move_to_end(key)
+                return self._features[key]
+            start = time.perf_counter()
+            features = self.backend.encode([frame])  # (1, N, D)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            result = FrameFeatures(key=key, features=features, vision_ms=(time.perf_counter() - start) * 1e3)
+            if key is not None:
+                self._features[key] = result
+                while len(self._features) > self.config.feature_cache_size:
+                    self._features.popitem(last=False)
+            return result
+
+    def cached_keys(self) -> list[Hashable]:
+        with self._lock:
+            return list(self._features)
+
+    # ------------------------------------------------------------------ text
+    def tokenize_prompt(self, prompt: str, num_image_tokens: int) -> list[int]:
+        """Token ids exactly as LlavaProcessor makes them: '<image>' expanded to one token per feature."""
+        count = prompt.count(IMAGE_TOKEN)
+        if count != 1:
+            raise ValueError(f"a prompt must hold exactly one '{IMAGE_TOKEN}', this one holds {count}: {prompt[:80]!r}")
+        text = prompt.replace(IMAGE_TOKEN, IMAGE_TOKEN * num_image_tokens)
+        return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+
+    def decode_text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _prefix_kv(self, features: FrameFeatures, prefix: tuple[int, ...]) -> tuple[PrefixKV, float]:
+        cached = features.prefix_kv.get(prefix)
+        if cached is not None:
+            return cached, 0.0
+        start = time.perf_counter()
+        ids = torch.tensor([prefix], dtype=torch.long, device=self.device)  # (1, P)
+        kv = prefill_prefix(self.lm, ids, features.features)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        features.prefix_kv[prefix] = kv
+        while len(features.prefix_kv) > MAX_PREFIXES_PER_FRAME:
+            features.prefix_kv.pop(next(iter(features.prefix_kv)))
+        return kv, (time.perf_counter() - start) * 1e3
+
+    def generate(
+        self,
+        features: FrameFeatures,
+        prompts: Sequence[str],
+        gen: GenerationConfig,
+        on_token: Callable[[int, str], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[Generation]:
+        """One Generation per prompt, in order. All prompts sharing a prefix decode as one batch."""
+        if isinstance(prompts, str):
+            raise TypeError("prompts must be a sequence of strings, not one string")
+        with self._lock:
+            n_image = features.features.shape[1]
+            token_lists = [self.tokenize_prompt(p, n_image) for p in prompts]
+            groups: OrderedDict[tuple[int, ...], list[int]] = OrderedDict()
+            for index, ids in enumerate(token_lists):
+                last_image = len(ids) - 1 - ids[::-1].index(self.image_token_id)
+                groups.setdefault(tuple(ids[: last_image + 1]), []).append(index)
+            results: list[Generation | None] = [None] * len(prompts)
+            for prefix, indices in groups.items():
+                kv, prefix_ms = self._prefix_kv(features, prefix)
+                suffixes = [token_lists[i][len(prefix):] for i in indices]
+
+                def row_callback(row: int, text: str, _indices: list[int] = indices) -> None:
+                    if on_token is not None:
+                        on_token(_indices[row], text)
+
+                outputs = generate_batch(
+                    self.lm, self.decode_text, kv, len(prefix), suffixes, gen,
+                    prefix_ms=prefix_ms,
+                    on_token=row_callback if on_token is not None else None,
+                    should_stop=should_stop,
+                )
+                for i, out in zip(indices, outputs):
+                    results[i] = out
+            return [r for r in results if r is not None]
+
+    # ------------------------------------------------------------------ lifecycle
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._features.clear()
+
+    def close(self) -> None:
+        """Free the model, the backend and the caches (and GPU memory)."""
+        with self._lock:
+            self._features.clear()
+            if self.backend is not None:
+                self.backend.close()
+            self.backend = None  # type: ignore[assignment]
+            self.model = None
+            self.lm = None  # type: ignore[assignment]
+            gc.collect()
+            if self.device.type == "cuda" and torch.cuda.is_available():
+                torch.cuda.empty_cache()

@@ -1,0 +1,290 @@
+"""Batched generation over a shared, cached image prefix (gpt-fast style functions).
+
+The prompts of one frame look like ``[system + "USER: " + <image> x N] [question_i + " ASSISTANT:"]``.
+The part up to and including the last image token (the *prefix*, P tokens) is the same for every
+region, so it is prefilled once per frame and its KV cache is kept with the frame's features.
+The K region *suffixes* are then prefilled as one batch on top of a view of that cache and decoded
+together. Suffixes are padded on the left, which puts the pad tokens between the prefix and the
+suffix; they are masked out and position ids skip them, so each row computes exactly what a
+plain unpadded ``generate()`` of that prompt computes.
+
+Shapes: B or K = batch (regions), P = prefix tokens, L = longest suffix, C = hidden size,
+V = vocabulary, H = kv heads, hd = head dim.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+from chatspot_ros.runtime.config import Generation, GenerationConfig
+
+PrefixKV = tuple[tuple[torch.Tensor, torch.Tensor], ...]  # per layer (keys, values): (1, H, P, hd)
+
+
+@dataclass
+class LanguageModel:
+    """The parts of a LlavaForConditionalGeneration the decoder loop uses."""
+
+    embed: torch.nn.Module  # token ids -> (B, T, C)
+    decoder: torch.nn.Module  # LlamaModel: inputs_embeds -> last hidden state
+    lm_head: torch.nn.Module  # (B, T, C) -> (B, T, V)
+    text_config: object
+    eos_token_ids: frozenset[int]
+    pad_token_id: int
+    image_token_id: int
+
+
+@torch.inference_mode()
+def prefill_prefix(lm: LanguageModel, prefix_ids: torch.Tensor, image_features: torch.Tensor) -> PrefixKV:
+    """Run the shared prefix (image tokens included) once; return its per-layer KV cache.
+
+    prefix_ids: (1, P) with N image tokens; image_features: (1, N, C).
+    """
+    embeds = lm.embed(prefix_ids)  # (1, P, C)
+    image_mask = prefix_ids[0] == lm.image_token_id  # (P,)
+    n_image = int(image_mask.sum())
+    if n_image != image_features.shape[1]:
+        raise ValueError(
+            f"the prompt holds {n_image} image tokens but the frame has {image_features.shape[1]} "
+            "feature vectors; put exactly one '<image>' in the prompt"
+        )
+    embeds = embeds.clone()
+    embeds[0, image_mask] = image_features[0].to(embeds.dtype)
+    cache = DynamicCache(config=lm.text_config)
+    lm.decoder(inputs_embeds=embeds, cache=cache, use_cache=True)
+    return tuple((layer.keys, layer.values) for layer in cache.layers)
+
+
+class PreallocatedLayer(DynamicLayer):
+    """A DynamicLayer whose keys/values live in one buffer sized up front (gpt-fast's static cache).
+
+    ``update`` writes the new states in place and returns views, so a decoding step allocates
+    nothing; the grow-by-concatenation of DynamicLayer copies the whole cache every step, which
+    on the CPU costs more than the step's matmuls once K regions share a long image prefix.
+    """
+
+    def __init__(self, prefix_keys: torch.Tensor, prefix_values: torch.Tensor, batch: int, capacity: int) -> None:
+        super().__init__()
+        _, heads, prefix_len, head_dim = prefix_keys.shape  # (1, H, P, hd)
+        shape = (batch, heads, capacity, head_dim)
+        self._key_buffer = prefix_keys.new_empty(shape)  # (B, H, capacity, hd)
+        self._value_buffer = prefix_values.new_empty(shape)
+        self._key_buffer[:, :, :prefix_len] = prefix_keys  # broadcast the shared prefix into every row
+        self._value_buffer[:, :, :prefix_len] = prefix_values
+        self.length = prefix_len
+        self.capacity = capacity
+        self.device = prefix_keys.device
+        self.is_initialized = True
+        self._refresh()
+
+    def _refresh(self) -> None:
+        self.keys = self._key_buffer[:, :, : self.length]  # (B, H, S, hd) views
+        self.values = self._value_buffer[:, :, : self.length]
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        raise RuntimeError("PreallocatedLayer is initialized from a prefix")
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        new = key_states.shape[-2]
+        if self.length + new > self.capacity:
+            raise RuntimeError(f"KV cache full: {self.length} + {new} > {self.capacity}")
+        self._key_buffer[:, :, self.length:self.length + new] = key_states
+        self._value_buffer[:, :, self.length:self.length + new] = value_states
+        self.length += new
+        self._refresh()
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.length + query_length, 0
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._key_buffer = self._key_buffer[indices]
+        self._value_buffer = self._value_buffer[indices]
+        self._refresh()
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        raise NotImplementedError
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise NotImplementedError
+
+
+def _batch_cache(prefix_kv: PrefixKV, batch: int, text_config: object, capacity: int) -> DynamicCache:
+    """A cache for ``batch`` rows holding copies of the frame's prefix, room for ``capacity`` positions.
+
+    The frame's cached prefix tensors are only read, never written.
+    """
+    cache = DynamicCache(config=text_config)
+    cache.layers = [PreallocatedLayer(k, v, batch, capacity) for k, v in prefix_kv]
+    return cache
+
+
+@torch.inference_mode()
+def prefill_suffixes(
+    lm: LanguageModel, cache: DynamicCache, prefix_len: int, suffixes: Sequence[Sequence[int]]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Prefill K suffixes as one left-padded batch on top of the prefix cache.
+
+    Returns (last-position logits (K, V), attention mask (K, P + L), next position ids (K, 1)).
+    """
+    device = lm.lm_head.weight.device
+    k = len(suffixes)
+    longest = max(len(s) for s in suffixes)
+    ids = torch.full((k, longest), lm.pad_token_id, dtype=torch.long, device=device)  # (K, L)
+    mask = torch.zeros((k, prefix_len + longest), dtype=torch.long, device=device)  # (K, P + L)
+    mask[:, :prefix_len] = 1
+    positions = torch.full((k, longest), prefix_len, dtype=torch.long, device=device)  # (K, L)
+    for row, suffix in enumerate(suffixes):
+        n = len(suffix)
+        ids[row, longest - n:] = torch.tensor(list(suffix), dtype=torch.long, device=device)
+        mask[row, prefix_len + longest - n:] = 1
+        positions[row, longest - n:] = torch.arange(prefix_len, prefix_len + n, device=device)
+    hidden = lm.decoder(
+        inputs_embeds=lm.embed(ids), attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
+    ).last_hidden_state  # (K, L, C)
+    logits = lm.lm_head(hidden[:, -1, :]).float()  # (K, V)
+    return logits, mask, positions[:, -1:] + 1
+
+
+@torch.inference_mode()
+def decode_one_token(
+    lm: LanguageModel, cache: DynamicCache, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
+) -> torch.Tensor:
+    """One decoding step: tokens (B, 1), mask (B, S) already holding this step, positions (B, 1) -> logits (B, V)."""
+    hidden = lm.decoder(
+        inputs_embeds=lm.embed(tokens), attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
+    ).last_hidden_state  # (B, 1, C)
+    return lm.lm_head(hidden[:, -1, :]).float()  # (B, V)
+
+
+def select_next(logits: torch.Tensor, gen: GenerationConfig, generator: torch.Generator | None) -> torch.Tensor:
+    """Greedy argmax, or temperature + top-p (nucleus) sampling. logits (B, V) -> token ids (B,)."""
+    if gen.greedy:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits / gen.temperature, dim=-1)  # (B, V)
+    if gen.top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass strictly before each token
+        sorted_probs = sorted_probs.masked_fill(before >= gen.top_p, 0.0)  # keeps at least the top token
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+    sample = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1)  # (B,)
+    return sample.to(logits.device)
+
+
+class _Row:
+    """Book-keeping of one prompt while its batch decodes."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.ids: list[int] = []
+        self.text = ""
+        self.stopped = ""
+
+
+def _earliest_stop(text: str, stops: Sequence[str]) -> int:
+    hits = [text.find(s) for s in stops]
+    hits = [h for h in hits if h >= 0]
+    return min(hits) if hits else -1
+
+
+@torch.inference_mode()
+def generate_batch(
+    lm: LanguageModel,
+    decode_text: Callable[[list[int]], str],
+    prefix_kv: PrefixKV,
+    prefix_len: int,
+    suffixes: Sequence[Sequence[int]],
+    gen: GenerationConfig,
+    *,
+    prefix_ms: float = 0.0,
+    on_token: Callable[[int, str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> list[Generation]:
+    """Decode every suffix on top of the shared prefix; one Generation per suffix, in order."""
+    if not suffixes:
+        return []
+    if any(len(s) == 0 for s in suffixes):
+        raise ValueError("every prompt needs text after '<image>' (e.g. the question and 'ASSISTANT:')")
+    generator = None
+    if not gen.greedy:
+        generator = torch.Generator(device="cpu")
+        generator.manual_seed(gen.seed if gen.seed is not None else int(torch.seed() % (2**63)))
+    rows = [_Row(i) for i in range(len(suffixes))]
+    sync = _synchronizer(lm.lm_head.weight.device)
+
+    start = time.perf_counter()
+    capacity = prefix_len + max(len(s) for s in suffixes) + gen.max_new_tokens
+    cache = _batch_cache(prefix_kv, len(suffixes), lm.text_config, capacity)
+    logits, mask, positions = prefill_suffixes(lm, cache, prefix_len, suffixes)
+    next_ids = select_next(logits, gen, generator)  # (K,)
+    sync()
+    prefill_ms = prefix_ms + (time.perf_counter() - start) * 1e3
+
+    start = time.perf_counter()
+    active = list(rows)  # rows still decoding, in batch order
+    for step in range(gen.max_new_tokens):
+        if should_stop is not None and should_stop():
+            for row in active:
+                row.stopped = "cancelled"
+            active = []
+            break
+        keep: list[int] = []
+        for batch_index, (row, token) in enumerate(zip(active, next_ids.tolist())):
+            if token in lm.eos_token_ids:
+                row.stopped = "eos"
+                continue
+            row.ids.append(token)
+            text = decode_text(row.ids)
+            cut = _earliest_stop(text, gen.stop) if gen.stop else -1
+            if cut >= 0:
+                row.text, row.stopped = text[:cut], "stop"
+            else:
+                row.text = text
+                if len(row.ids) >= gen.max_new_tokens:
+                    row.stopped = "length"
+                else:
+                    keep.append(batch_index)
+            if on_token is not None:
+                on_token(row.index, row.text)
+        if len(keep) == 0:
+            active = []
+            break
+        if len(keep) < len(active):  # drop finished rows from the batch and the cache
+            index = torch.tensor(keep, dtype=torch.long, device=mask.device)
+            cache.batch_select_indices(index)
+            mask, positions, next_ids = mask[index], positions[index], next_ids[index]
+            active = [active[i] for i in keep]
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)  # (B, S + 1)
+        logits = decode_one_token(lm, cache, next_ids[:, None], mask, positions)
+        positions = positions + 1
+        next_ids = select_next(logits, gen, generator)
+    for row in active:  # loop ran out (max_new_tokens reached before a check)
+        row.stopped = row.stopped or "length"
+    sync()
+    decode_ms = (time.perf_counter() - start) * 1e3
+    return [
+        Generation(
+            text=row.text,
+            tokens=len(row.ids),
+            prefill_ms=prefill_ms,
+            decode_ms=decode_ms,
+            stopped=row.stopped,
+            token_ids=tuple(row.ids),
+        )
+        for row in rows
+    ]
+
+
+def _synchronizer(device: torch.device) -> Callable[[], None]:
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None

@@ -1,0 +1,2 @@
+"""Test and demo helpers: random-weight checkpoints built offline (no downloads)."""
+from __future__ import annotations

@@ -1,0 +1,80 @@
+"""chatspot-ask, chatspot-bench and chatspot-build-engine, run in-process through their main()."""
+from __future__ import annotations
+
+import json
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from chatspot_ros.cli import ask, bench, build_engine
+
+
+@pytest.fixture(scope="module")
+def image_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("img") / "frame.png"
+    rgb = np.random.default_rng(0).integers(0, 256, (120, 200, 3), dtype=np.uint8)
+    cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return path
+
+
+def test_ask_json_one_line_per_region(tiny_model_dir, image_path, capsys) -> None:
+    code = ask.main(["--model", str(tiny_model_dir), "--image", str(image_path), "--box", "10,20,100,110",
+                     "--point", "50,60", "--box", "0,0,199,119", "--question", "What is this?", "--json",
+                     "--max-new-tokens", "6"])
+    assert code == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["region"]["kind"] for x in lines] == ["box", "point", "box"]
+    for line in lines:
+        assert set(line) == {"region", "instruction", "prompt", "answer", "vision_ms", "prefill_ms",
+                             "decode_ms", "tokens"}
+        assert line["prompt"].count("<image>") == 1 and line["instruction"] in line["prompt"]
+        assert 0 < line["tokens"] <= 6
+
+
+def test_ask_whole_image_and_dialect(chatspot_model_dir, image_path, capsys) -> None:
+    assert ask.main(["--model", str(chatspot_model_dir), "--image", str(image_path), "--question", "Describe it.",
+                     "--max-new-tokens", "4"]) == 0
+    assert "[image]" in capsys.readouterr().out
+    assert ask.main(["--model", str(chatspot_model_dir), "--image", str(image_path), "--box", "1,2,30,40",
+                     "--question", "What?", "--format", "chatspot", "--json", "--max-new-tokens", "2"]) == 0
+    assert "<box>" in json.loads(capsys.readouterr().out)["instruction"]
+
+
+def test_ask_errors(tiny_model_dir, image_path, tmp_path, capsys) -> None:
+    assert ask.main(["--model", str(tmp_path / "none"), "--image", str(image_path), "--question", "x"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert ask.main(["--model", str(tiny_model_dir), "--image", str(tmp_path / "no.png"), "--question", "x"]) == 2
+    with pytest.raises(SystemExit):
+        ask.main(["--model", str(tiny_model_dir), "--image", str(image_path), "--question", "x", "--box", "1,2,3"])
+
+
+def test_bench_reports_identical_outputs(tiny_model_dir, capsys) -> None:
+    code = bench.main(["--model", str(tiny_model_dir), "--k", "1", "3", "--repeats", "1", "--max-new-tokens", "4",
+                       "--json", "--frame-size", "160x120"])
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert code == 0
+    assert [r["k"] for r in rows] == [1, 3]
+    for row in rows:
+        assert row["identical"] is True
+        assert {"model", "k", "naive_ms", "runtime_ms", "speedup", "ceiling", "identical"} <= set(row)
+        assert row["ceiling"] >= 1.0 and row["prefix_tokens"] > 64
+
+
+def test_build_engine_onnx_only(tiny_model_dir, engine_dir, capsys) -> None:
+    assert build_engine.main(["--model", str(tiny_model_dir), "--engine-dir", str(engine_dir), "--onnx-only",
+                              "--device", "cpu"]) == 0
+    out = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert out["onnx"].endswith(".onnx") and len(out["onnx_hash"]) == 64
+
+
+def test_build_engine_without_tensorrt_fails_clearly(tiny_model_dir, engine_dir, capsys, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    assert build_engine.main(["--model", str(tiny_model_dir), "--engine-dir", str(engine_dir), "--device", "cpu"]) == 2
+    assert "TensorRT is not installed" in capsys.readouterr().err
+
+
+def test_modules_run_with_python_m() -> None:
+    for module in (ask, bench, build_engine):
+        assert callable(module.main) and module.__name__.startswith("chatspot_ros.cli.")

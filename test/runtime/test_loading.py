@@ -1,0 +1,127 @@
+"""Loader: clear errors for bad folders, families and dialect defaults, the strict linear projector."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from chatspot_ros.runtime import ChatSpotRuntime, RuntimeConfig
+from chatspot_ros.runtime.projector import LinearProjector
+
+
+def _copy(src: Path, dst: Path, drop: tuple[str, ...] = ()) -> Path:
+    shutil.copytree(src, dst)
+    for name in drop:
+        (dst / name).unlink()
+    return dst
+
+
+def _projector_key(tensors) -> str:
+    """The saved name of the linear projector (transformers 5 writes the llava-hf layout, no 'model.')."""
+    (name,) = [k for k in tensors if k.endswith("multi_modal_projector.linear.weight")]
+    return name[: -len(".weight")]
+
+
+def _load(path: Path, **kwargs) -> ChatSpotRuntime:
+    return ChatSpotRuntime.load(RuntimeConfig(model_path=str(path), **kwargs))
+
+
+def test_llava_checkpoint_defaults(runtime) -> None:
+    assert runtime.family == "llava"
+    assert runtime.default_dialect == "llava"
+    assert runtime.conversation_name == "vicuna_v1"
+    assert runtime.backend_name == "torch"
+    assert runtime.preprocess.pad_to_square  # image_aspect_ratio "pad" in config.json
+    assert runtime.num_image_tokens == 64
+
+
+def test_missing_folder(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        _load(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("missing, match", [
+    ("config.json", "no config.json"),
+    ("tokenizer.json", "no tokenizer"),
+    ("preprocessor_config.json", "preprocessor_config.json"),
+    ("model.safetensors", "holds no weights"),
+])
+def test_missing_files(tiny_model_dir, tmp_path, missing, match) -> None:
+    folder = _copy(tiny_model_dir, tmp_path / "ckpt", drop=(missing,))
+    with pytest.raises(FileNotFoundError, match=match):
+        _load(folder)
+
+
+def test_pickle_only_weights_are_refused(tiny_model_dir, tmp_path) -> None:
+    folder = _copy(tiny_model_dir, tmp_path / "ckpt", drop=("model.safetensors",))
+    (folder / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(ValueError, match="pickle"):
+        _load(folder)
+
+
+def test_wrong_model_type_and_remote_code(tiny_model_dir, tmp_path) -> None:
+    folder = _copy(tiny_model_dir, tmp_path / "ckpt")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "qwen2_5_vl"}))
+    with pytest.raises(ValueError, match="model_type"):
+        _load(folder)
+    (folder / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModel": "x.Y"}}))
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        _load(folder)
+
+
+def test_cuda_without_cuda(tiny_model_dir) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match="CUDA"):
+        _load(tiny_model_dir, device="cuda", dtype="float16")
+
+
+def test_loading_never_writes_into_the_model_folder(tiny_model_dir) -> None:
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in tiny_model_dir.iterdir())
+    _load(tiny_model_dir).close()
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in tiny_model_dir.iterdir()) == before
+
+
+def test_linear_projector_loads_strictly(chatspot_model_dir) -> None:
+    from safetensors.torch import load_file
+
+    rt = _load(chatspot_model_dir)
+    assert rt.family == "chatspot" and rt.default_dialect == "chatspot"
+    projector = rt.model.model.multi_modal_projector
+    assert isinstance(projector, LinearProjector)
+    saved = load_file(str(chatspot_model_dir / "model.safetensors"))
+    key = _projector_key(saved)
+    assert torch.equal(projector.linear.weight, saved[f"{key}.weight"])
+    assert torch.equal(projector.linear.bias, saved[f"{key}.bias"])
+    assert not any("linear_1" in k or "linear_2" in k for k in saved)
+    rt.close()
+
+
+@pytest.mark.parametrize("change", ["drop_bias", "wrong_shape", "extra_key"])
+def test_linear_projector_mismatch_is_an_error(chatspot_model_dir, tmp_path, change) -> None:
+    from safetensors.torch import load_file, save_file
+
+    folder = _copy(chatspot_model_dir, tmp_path / "ckpt")
+    tensors = load_file(str(folder / "model.safetensors"))
+    key = _projector_key(tensors)
+    if change == "drop_bias":
+        del tensors[f"{key}.bias"]
+    elif change == "wrong_shape":
+        tensors[f"{key}.weight"] = tensors[f"{key}.weight"][:, :-1].contiguous()
+    else:
+        tensors[key.replace(".linear", ".scale")] = torch.ones(1)
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="projector"):
+        _load(folder)
+
+
+def test_unknown_projector_type(chatspot_model_dir, tmp_path) -> None:
+    folder = _copy(chatspot_model_dir, tmp_path / "ckpt")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "projector_type": "qformer"}))
+    with pytest.raises(ValueError, match="projector_type"):
+        _load(folder)
