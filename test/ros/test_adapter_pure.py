@@ -1,0 +1,138 @@
+"""ROS-free parts of the adapter: the config table, stats, the worker's queues, drawing."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from chatspot_ros.referring import DIALECTS, Region
+from chatspot_ros.ros.config import (
+    PARAMETERS,
+    REFERRING_FORMATS,
+    AgentConfig,
+    changes_allowed,
+)
+from chatspot_ros.ros.drawing import Annotation, draw_annotations, scaled_size
+from chatspot_ros.ros.stats import Stats
+from chatspot_ros.ros.worker import InferenceWorker, Job
+
+
+def test_every_parameter_has_a_description_and_a_valid_default() -> None:
+    names = [spec.name for spec in PARAMETERS]
+    assert len(names) == len(set(names))
+    for spec in PARAMETERS:
+        assert spec.description and spec.when in ("always", "activate", "configure", "startup")
+        assert spec.name.split(".")[0] in ("autostart", "model", "vision", "referring", "generation", "image",
+                                           "topics", "camera_info", "qos", "queues", "frames", "limits", "click",
+                                           "task", "describe", "projection", "tf", "debug", "diagnostics")
+    AgentConfig.defaults()
+    assert set(REFERRING_FORMATS) - {""} == set(DIALECTS)
+
+
+@pytest.mark.parametrize(
+    ("changes", "needle"),
+    [
+        ({"generation.temperature": -0.1}, ">= 0"),
+        ({"generation.temperature": "hot"}, "number"),
+        ({"generation.max_new_tokens": 600}, "exceeds generation.max_new_tokens_limit"),
+        ({"model.dtype": "float16"}, "cpu"),
+        ({"model.device": "gpu0"}, "cuda:N"),
+        ({"vision.backend": "magic"}, "one of"),
+        ({"qos.image_reliability": "sometimes"}, "one of"),
+        ({"topics.image": "bad topic"}, "not a valid topic"),
+        ({"frames.buffer_size": 0}, ">= 1"),
+        ({"generation.top_p": 0.0}, "top_p"),
+        ({"autostart": 1}, "bool"),
+        ({"no.such": 1}, "unknown parameters"),
+    ],
+)
+def test_config_validation_names_the_parameter(changes, needle) -> None:
+    with pytest.raises(ValueError, match=needle):
+        AgentConfig.defaults().replace(changes)
+
+
+def test_integers_are_accepted_for_floats() -> None:
+    config = AgentConfig.defaults().replace({"generation.temperature": 1})
+    assert config.generation_temperature == 1.0 and isinstance(config.generation_temperature, float)
+
+
+def test_when_parameters_may_change() -> None:
+    assert changes_allowed(["generation.max_new_tokens"], "active") is None
+    assert "clean the node up" in changes_allowed(["model.path"], "inactive")
+    assert changes_allowed(["model.path"], "unconfigured") is None
+    assert "deactivate" in changes_allowed(["qos.image_depth"], "active")
+    assert changes_allowed(["qos.image_depth"], "inactive") is None
+    assert "start-up" in changes_allowed(["autostart"], "unconfigured")
+
+
+def test_stats_balance() -> None:
+    stats = Stats(window=3)
+    stats.incr("detections.received", 5)
+    for outcome in ("rejected", "answered", "answered", "dropped"):
+        stats.incr(f"detections.{outcome}")
+    assert stats.balance("detections") == 1 and stats.balance("detections", pending=1) == 0
+    for ms in (1.0, 2.0, 3.0, 10.0):
+        stats.observe("vision", ms)
+    summary = stats.stages()["vision"]
+    assert (summary.count, summary.last_ms, summary.max_ms) == (4, 10.0, 10.0)
+    assert summary.mean_ms == pytest.approx(5.0)
+    stats.observe_tokens(20, 1000.0)
+    assert stats.tokens_per_s() == pytest.approx(20.0)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.ran: list[str] = []
+        self.dropped: list[tuple[str, str]] = []
+        self.errors: list[str] = []
+        self.gate = threading.Event()
+
+    def job(self, name: str, kind: str = "x", block: bool = False) -> Job:
+        def run() -> None:
+            if block:
+                self.gate.wait(5)
+            if name == "bad":
+                raise RuntimeError("bug")
+            self.ran.append(name)
+        return Job(kind, run, lambda reason: self.dropped.append((name, reason)))
+
+
+def test_worker_serves_requests_first_and_keeps_the_newest_stream_jobs() -> None:
+    rec = Recorder()
+    worker = InferenceWorker(2, 2, lambda job, exc: rec.errors.append(str(exc)))
+    worker.start()
+    assert worker.submit_request(rec.job("blocker", block=True))
+    time.sleep(0.1)  # the blocker is running
+    for name in ("s1", "s2", "s3"):
+        worker.submit_stream(rec.job(name))
+    assert rec.dropped == [("s1", "queue full: a newer message replaced it")]
+    assert worker.submit_request(rec.job("r1")) and worker.submit_request(rec.job("bad"))
+    assert not worker.submit_request(rec.job("r3"))  # full: refused, not queued
+    assert worker.depths() == (2, 2, True)
+    rec.gate.set()
+    deadline = time.monotonic() + 5
+    while worker.depths() != (0, 0, False) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert rec.ran == ["blocker", "r1", "s2", "s3"]
+    assert rec.errors == ["bug"]
+    worker.submit_stream(rec.job("s4", block=True))
+    worker.submit_request(rec.job("r5"))
+    assert worker.stop("deactivated")
+    assert ("r5", "deactivated") in rec.dropped or "r5" in rec.ran
+    assert worker.submit_stream(rec.job("late")) is not None and ("late", "stopped") in rec.dropped
+
+
+def test_drawing_does_not_touch_the_frame_and_scales_down() -> None:
+    frame = np.zeros((480, 640, 3), np.uint8)
+    frame.flags.writeable = False
+    annotations = [Annotation(Region.box(10, 10, 200, 100), "cup: a red cup " * 20),
+                   Annotation(Region.point(300, 300), "here"),
+                   Annotation(Region.polygon([(400, 400), (500, 420), (450, 470)]), "")]
+    out = draw_annotations(frame, annotations, max_width=320)
+    assert out.shape == (240, 320, 3) and out.any() and not frame.any()
+    assert draw_annotations(frame, annotations, max_width=300).shape == (160, 213, 3)
+    assert draw_annotations(frame, [], max_width=0).shape == (480, 640, 3)
+    assert scaled_size(1920, 1080, 1280) == (960, 540, 0.5)
+    assert scaled_size(640, 480, 1280) == (640, 480, 1.0)

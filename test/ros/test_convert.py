@@ -1,0 +1,156 @@
+"""Message <-> core conversions on hand-built messages; no rclpy.init anywhere in this module."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from builtin_interfaces.msg import Time
+from geometry_msgs.msg import Point32
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_msgs.msg import Header
+from vision_msgs.msg import Detection2D, ObjectHypothesisWithPose
+
+from chatspot_ros import imaging
+from chatspot_ros.imaging import ImageDecodeError
+from chatspot_ros.msg import Region as RegionMsg
+from chatspot_ros.referring import Region, RegionKind
+from chatspot_ros.ros import convert
+
+
+def header(sec: int = 3, nanosec: int = 4, frame_id: str = "cam") -> Header:
+    return Header(stamp=Time(sec=sec, nanosec=nanosec), frame_id=frame_id)
+
+
+def det(cx, cy, w, h, det_id="d", theta=0.0, hyps=(("cup", 0.4), ("mug", 0.7))) -> Detection2D:
+    d = Detection2D(id=det_id)
+    d.bbox.center.position.x, d.bbox.center.position.y, d.bbox.center.theta = cx, cy, theta
+    d.bbox.size_x, d.bbox.size_y = w, h
+    for label, score in hyps:
+        r = ObjectHypothesisWithPose()
+        r.hypothesis.class_id, r.hypothesis.score = label, score
+        d.results.append(r)
+    return d
+
+
+def test_times_and_headers() -> None:
+    assert convert.time_to_ns(Time(sec=2, nanosec=5)) == 2_000_000_005
+    assert convert.ns_to_time(2_000_000_005) == Time(sec=2, nanosec=5)
+    h = header()
+    copy = convert.copy_header(h)
+    assert copy == h and copy is not h and copy.stamp is not h.stamp
+    assert convert.is_zero_time(Time()) and not convert.is_zero_time(Time(nanosec=1))
+
+
+def test_region_messages_roundtrip() -> None:
+    for region in (Region.point(1.5, 2.0, id="p"), Region.box(1, 2, 3, 4, id="b"),
+                   Region.polygon([(0, 0), (4, 0), (0, 3)], id="poly")):
+        msg = convert.region_to_msg(region)
+        assert msg.type == int(region.kind) and msg.id == region.id
+        assert convert.region_from_msg(msg) == region
+
+
+@pytest.mark.parametrize(
+    ("msg", "needle"),
+    [
+        (RegionMsg(type=9, points=[Point32()]), "unknown type 9"),
+        (RegionMsg(type=RegionMsg.POINT, points=[]), "exactly 1 point"),
+        (RegionMsg(type=RegionMsg.BOX, points=[Point32(x=5.0), Point32(x=1.0)]), "max < min"),
+        (RegionMsg(type=RegionMsg.POLYGON, points=[Point32(), Point32(x=1.0), Point32(x=2.0)]), "degenerate"),
+        (RegionMsg(type=RegionMsg.POINT, points=[Point32(x=math.inf)], id="z"), "region 3 \\('z'\\)"),
+    ],
+)
+def test_bad_region_messages_raise_value_error_with_the_index(msg, needle) -> None:
+    with pytest.raises(ValueError, match=needle):
+        convert.region_from_msg(msg, index=3)
+
+
+def test_detection_to_region_takes_the_best_hypothesis_and_handles_rotation() -> None:
+    out = convert.detection_to_region(det(50, 40, 20, 10, "cup_1"))
+    assert out.region == Region.box(40, 35, 60, 45, id="cup_1", label="mug")
+    assert (out.label, out.score) == ("mug", 0.7)
+    rotated = convert.detection_to_region(det(50, 40, 20, 10, theta=math.pi / 2))
+    assert rotated.region.kind is RegionKind.POLYGON
+    xs = [p[0] for p in rotated.region.points]
+    assert min(xs) == pytest.approx(45) and max(xs) == pytest.approx(55)
+    flipped = convert.detection_to_region(det(50, 40, 20, 10, theta=math.pi))
+    assert flipped.region.kind is RegionKind.BOX
+    assert convert.detection_to_region(det(5, 5, 0, 0, hyps=())).label == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [((math.nan, 1, 1, 1), "non-finite bbox center.x"), ((1, 1, math.inf, 1), "size_x"),
+     ((1, 1, -1, 1), "negative bbox size")],
+)
+def test_bad_detections_raise(args, needle) -> None:
+    with pytest.raises(ValueError, match=needle):
+        convert.detection_to_region(det(*args), index=0)
+
+
+def test_raw_frames_are_checked_on_arrival_and_decoded_once() -> None:
+    rgb = np.random.default_rng(1).integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    w, h, step, data = imaging.encode_raw(rgb, "bgr8")
+    msg = Image(header=header(), width=w, height=h, step=step, encoding="bgr8", data=data)
+    frame = convert.frame_from_image(msg, use_cv_bridge=False)
+    assert (frame.width, frame.height, frame.frame_id, frame.stamp_ns) == (8, 6, "cam", 3_000_000_004)
+    assert not frame.decoded
+    np.testing.assert_array_equal(frame.rgb(), rgb)
+    assert frame.rgb() is frame.rgb() and frame.decoded
+    msg.header.frame_id = "changed later"
+    assert frame.frame_id == "cam"  # the frame keeps its own header copy
+    with pytest.raises(ImageDecodeError, match="needs"):
+        convert.frame_from_image(Image(width=8, height=6, step=24, encoding="rgb8", data=bytes(10)))
+
+
+def test_compressed_frames_are_checked_on_arrival() -> None:
+    rgb = np.zeros((6, 8, 3), np.uint8)
+    msg = CompressedImage(header=header(), format="png", data=imaging.encode_compressed(rgb, "png"))
+    frame = convert.frame_from_compressed(msg)
+    assert (frame.width, frame.height) == (8, 6)
+    np.testing.assert_array_equal(frame.rgb(), rgb)
+    with pytest.raises(ImageDecodeError):
+        convert.frame_from_compressed(CompressedImage(format="jpeg", data=b"\x00" * 10))
+
+
+def test_rgb_to_image_message() -> None:
+    rgb = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    msg = convert.rgb_to_image(rgb, header(7))
+    assert (msg.width, msg.height, msg.step, msg.encoding, msg.header.stamp.sec) == (3, 2, 9, "rgb8", 7)
+    np.testing.assert_array_equal(imaging.decode_raw("rgb8", 3, 2, 9, msg.data), rgb)
+    assert convert.image_is_empty(Image()) and not convert.image_is_empty(msg)
+
+
+def test_camera_info_to_camera() -> None:
+    info = CameraInfo(header=header(frame_id="optical"), width=640, height=480, distortion_model="plumb_bob",
+                      d=[0.0] * 5, k=[500.0, 0.0, 320.0, 0.0, 500.0, 240.0, 0.0, 0.0, 1.0])
+    camera = convert.camera_from_info(info)
+    assert camera.frame_id == "optical" and camera.project((0, 0, 1)) == (320.0, 240.0)
+    with pytest.raises(ValueError, match="not calibrated"):
+        convert.camera_from_info(CameraInfo(width=640, height=480))
+
+
+def test_click_regions() -> None:
+    assert convert.click_region(10, 20, 100, 80, 0) == Region.point(10, 20, id="click")
+    assert convert.click_region(5, 78, 100, 80, 20) == Region.box(0, 68, 15, 80, id="click")
+    with pytest.raises(ValueError, match="outside"):
+        convert.click_region(101, 5, 100, 80, 0)
+    with pytest.raises(ValueError, match="non-finite"):
+        convert.click_region(math.nan, 5, 100, 80, 0)
+
+
+def test_check_request_limits() -> None:
+    limits = dict(max_regions=2, max_question_chars=10, max_new_tokens_limit=100, default_max_new_tokens=7)
+    region = RegionMsg(type=RegionMsg.POINT, points=[Point32(x=1.0, y=2.0)], id="a")
+    spec = convert.check_request(Time(), [region], " what? ", 0, **limits)
+    assert spec.question == "what?" and spec.max_new_tokens == 7 and spec.regions[0].id == "a"
+    assert spec.stamp_ns == 0
+    with pytest.raises(ValueError, match="limit is 2"):
+        convert.check_request(Time(), [region] * 3, "q", 0, **limits)
+    with pytest.raises(ValueError, match="empty"):
+        convert.check_request(Time(), [], "   ", 0, **limits)
+    with pytest.raises(ValueError, match="characters"):
+        convert.check_request(Time(), [], "q" * 11, 0, **limits)
+    with pytest.raises(ValueError, match="exceeds the limit 100"):
+        convert.check_request(Time(), [], "q", 101, **limits)
+    assert convert.check_request(Time(), [], "", 0, require_question=False, **limits).question == ""

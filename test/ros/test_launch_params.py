@@ -1,0 +1,68 @@
+"""config/agent.yaml, the launch file and the node's declared parameters line up (no rclpy.init).
+
+launch_ros is not on PyPI: the launch file is parsed, not run; its tables of arguments are
+checked against the node's parameter table. Where launch_ros is installed, it is also built.
+"""
+from __future__ import annotations
+
+import ast
+import importlib.util
+from pathlib import Path
+
+import pytest
+import yaml
+
+from chatspot_ros.ros.config import PARAMETERS, PARAMETERS_BY_NAME, AgentConfig
+
+REPO = Path(__file__).resolve().parents[2]
+LAUNCH_FILE = REPO / "launch" / "agent.launch.py"
+PARAMS_FILE = REPO / "config" / "agent.yaml"
+
+
+def launch_tables() -> dict[str, object]:
+    tree = ast.parse(LAUNCH_FILE.read_text(), filename=str(LAUNCH_FILE))
+    tables = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                tables[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                continue
+    return tables
+
+
+def test_the_params_file_sets_exactly_the_declared_parameters_with_their_defaults() -> None:
+    data = yaml.safe_load(PARAMS_FILE.read_text())
+    assert list(data) == ["/**"]
+    params = data["/**"]["ros__parameters"]
+    assert set(params) == set(PARAMETERS_BY_NAME)
+    for name, value in params.items():
+        default = PARAMETERS_BY_NAME[name].default
+        assert type(value) is type(default) and value == default, name
+    config = AgentConfig.from_parameters(params)
+    assert config == AgentConfig.defaults()
+
+
+def test_the_launch_file_compiles_and_its_arguments_match_the_node() -> None:
+    compile(LAUNCH_FILE.read_text(), str(LAUNCH_FILE), "exec")
+    tables = launch_tables()
+    for argument, parameter in tables["PARAMETER_ARGUMENTS"].items():
+        assert parameter in PARAMETERS_BY_NAME, f"launch argument {argument} overrides unknown {parameter}"
+        assert argument in tables["ARGUMENT_HELP"]
+    topic_defaults = {spec.default for spec in PARAMETERS if spec.name.startswith("topics.")}
+    for argument, topic in tables["REMAP_ARGUMENTS"].items():
+        assert topic in topic_defaults, f"launch argument {argument} remaps {topic}, not a topic of the node"
+        assert argument in tables["ARGUMENT_HELP"]
+    assert {"params_file", "namespace", "model_path", "image", "detections"} <= set(tables["ARGUMENT_HELP"])
+    assert tables["NODE_NAME"] == "chatspot_agent"
+    assert (REPO / "scripts" / tables["EXECUTABLE"]).exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("launch_ros") is None, reason="launch_ros is not installed")
+def test_the_launch_description_builds() -> None:  # pragma: no cover - needs a ROS install
+    spec = importlib.util.spec_from_file_location("agent_launch", LAUNCH_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    description = module.generate_launch_description()
+    names = {a.name for a in description.entities if hasattr(a, "name")}
+    assert {"params_file", "model_path", "image", "detections"} <= names

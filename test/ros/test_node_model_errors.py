@@ -1,0 +1,119 @@
+"""A model that raises (or runs out of CUDA memory mid-generation) fails that request, not the node.
+
+The node runs in this process (its own Context, a MultiThreadedExecutor on a thread) with a fake
+model in place of the checkpoint; the client is a separate Context, as a planner would be.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Iterator
+
+import pytest
+import rclpy
+import torch
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.parameter import Parameter
+
+from chatspot_ros.pipeline import RegionAnswer
+from chatspot_ros.referring import ImageGeometry, InstructionBuilder, get_dialect
+from chatspot_ros.ros.node import ChatSpotAgentNode
+from chatspot_ros.runtime import Generation
+from chatspot_ros.srv import AskRegion
+from chatspot_ros.action import Describe
+from action_msgs.msg import GoalStatus
+from ros_harness import RosClient, box_region, image_msg, scene, stamp
+from sensor_msgs.msg import Image
+
+NAMESPACE = "/model_errors"
+
+
+class FakeRuntime:
+    model_name = "fake"
+    family = "llava"
+    backend_name = "torch"
+    default_dialect = "llava"
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.cleared = 0
+
+    def close(self) -> None:
+        self.closed = True
+
+    def clear_cache(self) -> None:
+        self.cleared += 1
+
+
+class FakeChatSpot:
+    """Fails the way it is told to: ``failures`` is a list of exceptions raised after 2 tokens."""
+
+    def __init__(self) -> None:
+        self.runtime = FakeRuntime()
+        self.builder = InstructionBuilder(get_dialect("llava"), ImageGeometry.stretch(224, 224))
+        self.failures: list[BaseException] = []
+
+    def answer(self, frame, frame_key, requests, gen, on_token=None, should_stop=None) -> list[RegionAnswer]:
+        if on_token is not None:
+            on_token(0, "a")
+            on_token(0, "a b")
+        if self.failures:
+            raise self.failures.pop(0)
+        return [RegionAnswer(r, "prompt", "fine", Generation("fine", 2, 1.0, 2.0, "eos"), 3.0) for r in requests]
+
+    def close(self) -> None:
+        self.runtime.close()
+
+
+@pytest.fixture()
+def node_and_model() -> Iterator[tuple[ChatSpotAgentNode, FakeChatSpot]]:
+    context = rclpy.Context()
+    rclpy.init(args=[], context=context)
+    fake = FakeChatSpot()
+    node = ChatSpotAgentNode(context=context, namespace=NAMESPACE, parameter_overrides=[
+        Parameter("model.path", value="/fake/checkpoint"), Parameter("autostart", value=False)])
+
+    def load(config: Any) -> FakeChatSpot:
+        node._model_info = {"model": "fake", "family": "llava", "backend": "torch", "device": "cpu",
+                            "dtype": "float32", "dialect": "llava"}
+        return fake
+
+    node._load_model = load  # type: ignore[method-assign]
+    executor = MultiThreadedExecutor(num_threads=4, context=context)
+    executor.add_node(node)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    from rclpy.lifecycle import TransitionCallbackReturn
+    assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    try:
+        yield node, fake
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+        thread.join(5)
+
+
+def test_model_exceptions_and_oom_fail_the_request_not_the_node(node_and_model) -> None:
+    node, fake = node_and_model
+    node.trigger_activate()
+    with RosClient(NAMESPACE) as client:
+        client.wait_for_subscriber("image", Image)
+        client.publish("image", image_msg(scene(64, 48), stamp(3)))
+        client.spin_for(0.3)
+        fake.failures = [RuntimeError("boom"), torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")]
+        request = AskRegion.Request(question="What?", regions=[box_region(1, 1, 30, 30)])
+        first = client.call(AskRegion, "ask", request)
+        assert not first.success and "model error: RuntimeError: boom" in first.message
+        action = client.action_client(Describe, "describe")
+        handle = client.wait_future(action.send_goal_async(Describe.Goal(question="What?")), 10)
+        result = client.wait_future(handle.get_result_async(), 10)
+        assert result.status == GoalStatus.STATUS_ABORTED
+        assert "OutOfMemoryError" in result.result.message
+        ok = client.call(AskRegion, "ask", request)
+        assert ok.success and ok.answer == "fine"
+    assert node.stats.get("model.errors") == 2 and node.stats.get("model.oom") == 1
+    assert node.stats.get("requests.failed") == 2 and node.stats.get("requests.served") == 1
+    assert fake.runtime.cleared == 1  # caches dropped after the OOM
+    node.trigger_deactivate()
+    node.trigger_cleanup()
+    assert fake.runtime.closed
