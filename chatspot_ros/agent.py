@@ -17,16 +17,21 @@ from typing import Optional, Sequence
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
-from rclpy.signals import SignalHandlerOptions
+
+try:  # rclpy >= Humble; older ones install their own SIGINT handler (the context may then be gone)
+    from rclpy.signals import SignalHandlerOptions
+except ImportError:  # pragma: no cover - depends on the install
+    SignalHandlerOptions = None  # type: ignore[assignment,misc]
 
 from chatspot_ros.ros.allocator import tune_allocator
 from chatspot_ros.ros.node import ChatSpotAgentNode
 
 
 def executor_threads(max_pending_requests: int) -> int:
-    """Service and action callbacks block while they wait for the model: one thread each, plus
-    threads for the sensor group, diagnostics and lifecycle services."""
-    return max(4, min(64, int(max_pending_requests) + 4))
+    """Service and action callbacks block while they wait for the model: one thread for each
+    queued request and the running one, plus one each for the sensor, click and diagnostics
+    callback groups and the default group (lifecycle and parameter services, tf)."""
+    return max(5, min(64, int(max_pending_requests) + 5))
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Optional[FrameType]) -> None:
@@ -39,12 +44,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # Handle SIGINT/SIGTERM ourselves (KeyboardInterrupt) so that the context is still valid
     # when the node shuts down through its lifecycle and frees the model.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    try:
+    if SignalHandlerOptions is not None:
         rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    except TypeError:  # pragma: no cover - an rclpy without signal_handler_options
+    else:  # pragma: no cover
         rclpy.init(args=args)
     node: Optional[ChatSpotAgentNode] = None
-    status = 0
     try:
         node = ChatSpotAgentNode()
         threads = executor_threads(node.get_parameter("queues.max_pending_requests").value)
@@ -64,7 +68,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
-    return status
+    # A failed autostart is not an exit: the node stays up for lifecycle transitions (see above).
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """End-to-end demo of the chatspot_agent node on a synthetic scene (``make demo``).
 
-1. the model: ``--model DIR`` (a local checkpoint), else a tiny random-weight LLaVA built once into
-   ``--cache-dir`` (answers are gibberish; the plumbing is real);
+1. the model: ``--model DIR`` (a local checkpoint), else a tiny LLaVA with RANDOM weights built
+   once into ``--cache-dir``: its answers are meaningless text. The demo then shows the plumbing
+   (topics, services, the action, headers, latencies), not what a trained model would say;
 2. the node: ``python -m chatspot_ros.agent --ros-args --params-file config/agent.yaml
    -p model.path:=...`` as a subprocess;
 3. a camera and a detector: frames with coloured shapes and matching Detection2DArray messages,
@@ -11,7 +12,8 @@
    and the ``describe`` action and prints answers with latencies.
 
 Every process runs with ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST on a private ROS_DOMAIN_ID.
-Exit status 0 when descriptions arrived and every planner call succeeded.
+Exit status 0 only when the node came up, descriptions arrived, every planner call succeeded and
+the node shut down cleanly; 1 otherwise (2 for a bad ``--model``).
 """
 from __future__ import annotations
 
@@ -132,13 +134,46 @@ class ScenePlayer:
         rclpy.try_shutdown(context=self.context)
 
 
-def tiny_model(cache_dir: Path) -> Path:
-    if (cache_dir / "config.json").exists():
-        return cache_dir
-    from chatspot_ros.testing.tiny_model import build_tiny_llava
+RANDOM_WEIGHTS_NOTE = (
+    "[demo] NOTE: no --model given, so the node runs a tiny LLaVA with RANDOM weights. Its answers\n"
+    "[demo]       are meaningless text by design: this demo checks the plumbing (topics, services,\n"
+    "[demo]       the action, headers, latencies), not answer quality. Pass --model DIR for real answers."
+)
 
-    print(f"[demo] building the tiny random-weight model into {cache_dir} (no --model given)")
-    return build_tiny_llava(cache_dir, preset="tiny", seed=0)
+
+def tiny_model(cache_dir: Path) -> Path:
+    if not (cache_dir / "config.json").exists():
+        from chatspot_ros.testing.tiny_model import build_tiny_llava
+
+        print(f"[demo] building the tiny random-weight model into {cache_dir}")
+        build_tiny_llava(cache_dir, preset="tiny", seed=0)
+    print(RANDOM_WEIGHTS_NOTE)
+    return cache_dir
+
+
+def stop_agent(agent: subprocess.Popen) -> int:
+    """SIGINT the node and wait for it; its exit status (killed after 30 s: -9)."""
+    if agent.poll() is None:
+        agent.send_signal(signal.SIGINT)
+        try:
+            agent.wait(30)
+        except subprocess.TimeoutExpired:
+            print("[demo] the node did not stop within 30 s after SIGINT: killed", file=sys.stderr)
+            agent.kill()
+            agent.wait(5)
+    return agent.returncode
+
+
+def run_planner(env: dict[str, str], timeout: float) -> int:
+    """scripts/planner_client.py in its own process; its exit status (1 when it timed out)."""
+    planner_cmd = [sys.executable, str(REPO / "scripts" / "planner_client.py"), "--timeout", str(timeout),
+                   "--box", "30", "90", "110", "170", "--task", "pick up the red box"]
+    print("[demo] starting the planner client in its own process")
+    try:
+        return subprocess.run(planner_cmd, env=env, cwd=str(REPO), timeout=timeout * 2).returncode
+    except subprocess.TimeoutExpired:
+        print(f"[demo] the planner client did not finish within {timeout * 2:g} s", file=sys.stderr)
+        return 1
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -162,7 +197,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print("[demo] starting the node:", " ".join(node_cmd[1:]))
     agent = subprocess.Popen(node_cmd, env=env, cwd=str(REPO))
     scene: Optional[ScenePlayer] = None
-    status = 1
+    ok = False
     try:
         scene = ScenePlayer(args.fps)
         ready = scene.node.create_client(AskRegion, "ask")
@@ -170,30 +205,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         deadline = time.monotonic() + args.timeout
         while not ready.service_is_ready():
             if agent.poll() is not None or time.monotonic() > deadline:
-                print("[demo] the node did not come up", file=sys.stderr)
+                print("[demo] FAILED: the node did not come up", file=sys.stderr)
                 return 1
             time.sleep(0.2)
         print(f"[demo] node active; playing the scene for {args.seconds:g} s")
         time.sleep(args.seconds)
         print(f"[demo] scene: {scene.frames} frames published, {scene.descriptions} description messages received")
-        planner_cmd = [sys.executable, str(REPO / "scripts" / "planner_client.py"), "--timeout", str(args.timeout),
-                       "--box", "30", "90", "110", "170", "--task", "pick up the red box"]
-        print("[demo] starting the planner client in its own process")
-        planner = subprocess.run(planner_cmd, env=env, cwd=str(REPO), timeout=args.timeout * 2)
-        ok = planner.returncode == 0 and scene.descriptions > 0
-        print(f"[demo] {'OK' if ok else 'FAILED'}: planner exit {planner.returncode}, "
-              f"{scene.descriptions} description messages")
-        status = 0 if ok else 1
+        planner_status = run_planner(env, args.timeout)
+        ok = planner_status == 0 and scene.descriptions > 0
+        if not ok:
+            print(f"[demo] planner exit {planner_status}, {scene.descriptions} description messages", file=sys.stderr)
     finally:
         if scene is not None:
             scene.stop()
-        if agent.poll() is None:
-            agent.send_signal(signal.SIGINT)
-            try:
-                agent.wait(30)
-            except subprocess.TimeoutExpired:
-                agent.kill()
-    return status
+        agent_status = stop_agent(agent)
+    if agent_status != 0:
+        print(f"[demo] the node exited with status {agent_status}", file=sys.stderr)
+        ok = False
+    if args.model is None:
+        print("[demo] (the answers above come from random weights: meaningless text, as expected)")
+    print(f"[demo] {'OK' if ok else 'FAILED'}")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ import sys
 import time
 from typing import Any, Optional, Sequence
 
-# DDS discovery stays on this machine (shared/ENVIRONMENT.md); set before rclpy loads.
-os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+# DDS discovery stays on this machine (shared/ENVIRONMENT.md); set before rclpy loads. Edit this
+# line to reach an agent on another machine.
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 # The working tree's chatspot_ros first (its interfaces come from the colcon install space).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

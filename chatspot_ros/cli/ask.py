@@ -94,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from chatspot_ros.runtime import GenerationConfig, RuntimeConfig
 
     hf_logging.disable_progress_bar()
+    chatspot = None
     try:
         dtype = args.dtype or ("float32" if args.device == "cpu" else "float16")
         frame = read_image(args.image)
@@ -102,32 +103,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         gen = GenerationConfig(max_new_tokens=args.max_new_tokens)
         chatspot = ChatSpot.from_config(config, dialect=args.dialect)
         size = (frame.shape[1], frame.shape[0])
-        if args.regions:
-            requests = [chatspot.builder.ask(args.question, [r], size) for r in args.regions]
-        else:
-            requests = [chatspot.builder.ask(args.question, [], size)]
+        regions = [[r] for r in args.regions] if args.regions else [[]]
+        requests = [chatspot.builder.ask(args.question, r, size) for r in regions]
         answers = chatspot.answer(frame, args.image, requests, gen)
     except (FileNotFoundError, ValueError, ImportError, RuntimeError) as err:
         print(f"chatspot-ask: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        if chatspot is not None:
+            chatspot.close()
     for answer in answers:
-        region = answer.instruction.regions[0] if answer.instruction.regions else None
-        if args.json:
-            print(json.dumps({
-                "region": _region_json(region) if region is not None else None,
-                "instruction": answer.instruction.text,
-                "prompt": answer.prompt,
-                "answer": answer.text,
-                "vision_ms": round(answer.vision_ms, 3),
-                "prefill_ms": round(answer.generation.prefill_ms, 3),
-                "decode_ms": round(answer.generation.decode_ms, 3),
-                "tokens": answer.generation.tokens,
-            }), flush=True)
-        else:
-            where = f"{region.kind.name.lower()} {list(region.points)}" if region is not None else "image"
-            print(f"[{where}] {answer.instruction.text}\n  -> {answer.text}", flush=True)
-    chatspot.close()
+        _print_answer(answer, args.json)
     return 0
+
+
+def _print_answer(answer: Any, as_json: bool) -> None:
+    region = answer.instruction.regions[0] if answer.instruction.regions else None
+    if as_json:
+        print(json.dumps({
+            "region": _region_json(region) if region is not None else None,
+            "instruction": answer.instruction.text,
+            "prompt": answer.prompt,
+            "answer": answer.text,
+            "vision_ms": round(answer.vision_ms, 3),
+            "prefill_ms": round(answer.generation.prefill_ms, 3),
+            "decode_ms": round(answer.generation.decode_ms, 3),
+            "tokens": answer.generation.tokens,
+        }), flush=True)
+    else:
+        where = f"{region.kind.name.lower()} {list(region.points)}" if region is not None else "image"
+        print(f"[{where}] {answer.instruction.text}\n  -> {answer.text}", flush=True)
 
 
 if __name__ == "__main__":

@@ -29,13 +29,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from chatspot_ros.runtime.config import VISION_BACKENDS
+from chatspot_ros.runtime.config import DTYPES, VISION_BACKENDS
+from chatspot_ros.runtime.vision import CHANNELS_LAST
 
 
 @dataclass
 class BenchRow:
     model: str
     device: str
+    dtype: str
     k: int
     naive_ms: float
     runtime_ms: float
@@ -63,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per config (median reported)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default=None, help="default float32 on cpu, float16 on cuda")
+    parser.add_argument("--dtype", default=None, choices=DTYPES, help="default float32 on cpu, float16 on cuda")
     parser.add_argument("--vision-backend", default="torch", choices=VISION_BACKENDS)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     parser.add_argument("--frame-size", default="640x480", help="WxH of the synthetic camera frame")
@@ -108,7 +110,8 @@ def run_naive(chatspot: Any, processor: Any, frame: np.ndarray, prompts: Sequenc
     for prompt in prompts:
         t0 = time.perf_counter()
         image = runtime.preprocess.expand_to_square(frame) if runtime.preprocess.pad_to_square else frame
-        inputs = processor(images=[image], text=[prompt], return_tensors="pt").to(device)
+        inputs = processor(images=[image], text=[prompt], return_tensors="pt",
+                           input_data_format=CHANNELS_LAST).to(device)
         inputs["pixel_values"] = inputs["pixel_values"].to(runtime.dtype)
         prep_ms += (time.perf_counter() - t0) * 1e3
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
@@ -140,18 +143,17 @@ def bench_one(chatspot: Any, processor: Any, frame: np.ndarray, k: int, args: ar
     prompts = [chatspot.prompt_for(r) for r in requests]
     runtime = chatspot.runtime
 
-    naive_times, naive_vision, runtime_times, last = [], [], [], None
+    naive_times, naive_vision, runtime_times = [], [], []
+    identical = True
     for repeat in range(args.repeats + 1):  # the first run of each is a warm-up
         naive_tokens, naive_ms, prep_ms = run_naive(chatspot, processor, frame, prompts, args.max_new_tokens)
         generations, runtime_ms, vision_ms = run_runtime(chatspot, frame, prompts, args.max_new_tokens)
+        # Greedy: every run, the warm-up included, must give the naive loop's token ids.
+        identical = identical and [list(g.token_ids) for g in generations] == naive_tokens
         if repeat > 0:
             naive_times.append(naive_ms)
             naive_vision.append(prep_ms)
             runtime_times.append(runtime_ms)
-        last = (naive_tokens, generations, vision_ms)
-    assert last is not None
-    naive_tokens, generations, vision_ms = last
-    identical = all(list(g.token_ids) == n for g, n in zip(generations, naive_tokens))
 
     n_image = runtime.num_image_tokens
     ids = [runtime.tokenize_prompt(p, n_image) for p in prompts]
@@ -165,7 +167,7 @@ def bench_one(chatspot: Any, processor: Any, frame: np.ndarray, k: int, args: ar
     total_generated = sum(max(0, g.tokens - 1) for g in generations)  # the first token comes from prefill
     naive_med, runtime_med = statistics.median(naive_times), statistics.median(runtime_times)
     return BenchRow(
-        model=model_name, device=str(runtime.device), k=k,
+        model=model_name, device=str(runtime.device), dtype=runtime.config.dtype, k=k,
         naive_ms=round(naive_med, 2), runtime_ms=round(runtime_med, 2),
         speedup=round(naive_med / runtime_med, 2), ceiling=round(ceiling, 2), identical=identical,
         vision_ms=round(vision_ms, 2), prefill_ms=round(generations[0].prefill_ms, 2),
@@ -245,8 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     hf_logging.disable_progress_bar()
     if args.device == "cpu":
         torch.set_num_threads(args.threads or os.cpu_count() or 1)
-    if any(k < 1 for k in args.k):
-        print("chatspot-bench: error: --k values must be >= 1", file=sys.stderr)
+    if any(k < 1 for k in args.k) or args.repeats < 1:
+        print("chatspot-bench: error: --k values and --repeats must be >= 1", file=sys.stderr)
         return 2
     try:
         width, height = (int(v) for v in args.frame_size.lower().split("x"))
@@ -254,29 +256,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         dtype = args.dtype or ("float32" if args.device == "cpu" else "float16")
         chatspot = ChatSpot.from_config(RuntimeConfig(model_path=str(folder), device=args.device, dtype=dtype,
                                                       vision_backend=args.vision_backend))
-        processor = AutoProcessor.from_pretrained(str(folder), local_files_only=True)
     except (FileNotFoundError, ValueError, ImportError, RuntimeError) as err:
         print(f"chatspot-bench: error: {err}", file=sys.stderr)
         return 2
-    frame = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    rows = []
-    for k in args.k:
-        row = bench_one(chatspot, processor, frame, k, args, model_name)
-        rows.append(row)
-        if args.json:
-            print(json.dumps(asdict(row)), flush=True)
-    extra = bandwidth_fraction(chatspot, frame, args.max_new_tokens) if chatspot.runtime.device.type == "cuda" else None
-    if args.json:
-        if extra is not None:
+    try:
+        processor = AutoProcessor.from_pretrained(str(folder), local_files_only=True)
+        frame = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+        rows = []
+        for k in args.k:
+            rows.append(bench_one(chatspot, processor, frame, k, args, model_name))
+            if args.json:
+                print(json.dumps(asdict(rows[-1])), flush=True)
+        on_gpu = chatspot.runtime.device.type == "cuda"
+        extra = bandwidth_fraction(chatspot, frame, args.max_new_tokens) if on_gpu else None
+        if args.json and extra is not None:
             print(json.dumps({"model": model_name, "gpu": torch.cuda.get_device_name(), **extra}), flush=True)
-    else:
-        print(f"# {model_name}, device {args.device}, dtype {dtype}, threads {torch.get_num_threads()}, "
-              f"vision backend {chatspot.runtime.backend_name}, max_new_tokens {args.max_new_tokens}, "
-              f"median of {args.repeats}")
-        _print_table(rows)
-        if extra is not None:
-            print("# single-stream decode vs memory-bandwidth bound:", json.dumps(extra))
-    chatspot.close()
+        if not args.json:
+            print(f"# {model_name}, device {args.device}, dtype {dtype}, threads {torch.get_num_threads()}, "
+                  f"vision backend {chatspot.runtime.backend_name}, max_new_tokens {args.max_new_tokens}, "
+                  f"median of {args.repeats}")
+            _print_table(rows)
+            if extra is not None:
+                print("# single-stream decode vs memory-bandwidth bound:", json.dumps(extra))
+    finally:
+        chatspot.close()
     return 0 if all(r.identical for r in rows) else 1
 
 

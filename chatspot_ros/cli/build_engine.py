@@ -46,6 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import torch
 
+    from chatspot_ros.runtime.backends import check_engine_dir
     from chatspot_ros.runtime.config import RuntimeConfig
     from chatspot_ros.runtime.loading import inspect_checkpoint, load_model
     from chatspot_ros.runtime.onnx_vision import export_vision_onnx, model_hash
@@ -64,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = RuntimeConfig(model_path=args.model, device=str(device), dtype=dtype, engine_dir=args.engine_dir)
         info = inspect_checkpoint(config)
+        check_engine_dir(args.engine_dir, info.path)
         model, _, image_processor = load_model(info, config)
         encoder = VisionEncoder.from_llava(model)
         onnx = export_vision_onnx(encoder, args.engine_dir, encoder_hash=model_hash(encoder), force=args.force)
@@ -87,7 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             preprocess = ImagePreprocessor(image_processor, info.pad_to_square)
             backend = TensorRTVisionBackend(Path(path), key, preprocess, device, torch.float16)
             delta = compare_with_torch(backend, encoder, onnx.image_size)
-            print(json.dumps({"engine": str(path), "max_abs_diff_vs_torch": delta}))
+            print(json.dumps({"engine": str(path), "max_abs_diff_vs_torch": delta.max_abs,
+                              "relative_diff_vs_torch": delta.relative}))
     except (FileNotFoundError, ValueError, ImportError, RuntimeError) as err:
         print(f"chatspot-build-engine: error: {err}", file=sys.stderr)
         return 2

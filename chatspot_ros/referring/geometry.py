@@ -62,6 +62,22 @@ def smart_resize(
     return h_bar, w_bar
 
 
+def square_padding(width: int, height: int) -> tuple[int, int, int]:
+    """LLaVA's expand2square: (pad_x, pad_y, side) to paste a width x height image centred on a side x side square.
+
+    The one place that says where the image lands: Φ (``ImageGeometry``) and the runtime's
+    preprocessing (``ImagePreprocessor.expand_to_square``) both use it.
+    """
+    side = max(width, height)
+    return (side - width) // 2, (side - height) // 2, side
+
+
+def processor_pads_to_square(processor_config: Mapping[str, Any]) -> bool:
+    """True when the image processor pads to a square itself (``do_pad`` of HF's LlavaImageProcessor)."""
+    processor_type = str(processor_config.get("image_processor_type", ""))
+    return processor_type.startswith("LlavaImageProcessor") and bool(processor_config.get("do_pad", False))
+
+
 @dataclass(frozen=True)
 class _Chain:
     """The affine chain for one source size: model_px = (src + pad) * scale - crop_offset."""
@@ -177,7 +193,7 @@ class ImageGeometry:
         aspect = mc.get("image_aspect_ratio", pc.get("image_aspect_ratio"))
         if aspect not in (None, "", "pad", "square", "resize"):
             raise ValueError(f"image_aspect_ratio {aspect!r} is not supported (supported: 'pad', 'square')")
-        pad = aspect == "pad" or (processor_type == "LlavaImageProcessor" and bool(pc.get("do_pad", False)))
+        pad = aspect == "pad" or processor_pads_to_square(pc)
         if not pc.get("do_resize", True):
             raise ValueError("do_resize=false: the model input size would follow the camera; not supported")
         if "size" not in pc:
@@ -216,8 +232,8 @@ class ImageGeometry:
     def _chain(self, src_w: int, src_h: int) -> _Chain:
         src_w, src_h = check_image_size((src_w, src_h))
         if self.mode is ResizeMode.PAD:
-            side = max(src_w, src_h)
-            pad_x, pad_y, w1, h1 = (side - src_w) // 2, (side - src_h) // 2, side, side
+            pad_x, pad_y, side = square_padding(src_w, src_h)
+            w1 = h1 = side
         else:
             pad_x, pad_y, w1, h1 = 0, 0, src_w, src_h
         if self.mode is ResizeMode.SMART_RESIZE:

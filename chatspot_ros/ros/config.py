@@ -98,7 +98,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
       minimum=1, maximum=1000),
     P("qos.detections_reliability", "reliable", "Reliability of the detections/clicks/task subscriptions.",
       when="activate", choices=RELIABILITIES),
-    P("qos.detections_depth", 10, "History depth of the detections subscription.", when="activate",
+    P("qos.detections_depth", 10, "History depth of the detections and clicks subscriptions.", when="activate",
       minimum=1, maximum=1000),
     P("qos.task_durability", "volatile", "Durability of the task subscription (transient_local "
       "receives a latched task; needs a transient_local publisher).", when="activate",

@@ -2,26 +2,32 @@
 
 Every function takes or returns plain messages and raises ``ValueError`` (or
 :class:`chatspot_ros.imaging.ImageDecodeError`, a ValueError) with a reason on bad input. The node
-only calls these and counts the errors.
+only calls these and counts the errors. Inputs: regions, detections, images, camera info, clicks,
+request fields. Outputs: images, rviz markers, parameter descriptors.
 """
 from __future__ import annotations
 
 import array
 import math
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
-from builtin_interfaces.msg import Time
-from geometry_msgs.msg import Point32
+from builtin_interfaces.msg import Duration, Time
+from geometry_msgs.msg import Point, Point32
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
-from std_msgs.msg import Header
+from std_msgs.msg import ColorRGBA, Header
+from visualization_msgs.msg import Marker, MarkerArray
 
 from chatspot_ros import imaging
 from chatspot_ros.frames import ns_to_stamp, stamp_to_ns
 from chatspot_ros.projection import PinholeCamera
+from chatspot_ros.referring import ReferringInstruction, parse_steps
 from chatspot_ros.referring.regions import Region, RegionKind
+from chatspot_ros.ros.config import ParamSpec
+from chatspot_ros.ros.drawing import PALETTE, Annotation
 
 try:  # a real ROS install; absent from the PyPI wheels
     from cv_bridge import CvBridge, CvBridgeError  # type: ignore[import-not-found]
@@ -29,6 +35,7 @@ except ImportError:  # pragma: no cover - depends on the install
     CvBridge = None  # type: ignore[assignment,misc]
     CvBridgeError = Exception  # type: ignore[assignment,misc]
 
+from chatspot_ros.msg import ActionSuggestion, RegionDescription, RegionDescriptionArray
 from chatspot_ros.msg import Region as RegionMsg
 
 
@@ -137,6 +144,22 @@ def detection_to_region(detection: Any, *, index: Optional[int] = None) -> Detec
         except ValueError as exc:  # a zero-size rotated box
             raise ValueError(f"{where}: {exc}") from None
     return DetectionRegion(region, label, score)
+
+
+def detections_to_regions(detections: Sequence[Any], max_regions: int) -> tuple[list[DetectionRegion], list[str], int]:
+    """The valid detections of a Detection2DArray as regions, highest score first, at most
+    ``max_regions``; also the reasons the invalid ones were refused, and how many valid ones were
+    left out by the cap."""
+    regions: list[DetectionRegion] = []
+    errors: list[str] = []
+    for index, detection in enumerate(detections):
+        try:
+            regions.append(detection_to_region(detection, index=index))
+        except ValueError as exc:
+            errors.append(str(exc))
+    regions.sort(key=lambda r: -r.score)  # stable: equal scores keep the message's order
+    overflow = max(0, len(regions) - max_regions)
+    return regions[:max_regions], errors, overflow
 
 
 # --------------------------------------------------------------------------------------------
@@ -260,6 +283,44 @@ def click_region(u: float, v: float, width: int, height: int, box_size: int, *, 
                       min(float(height), v + half), id=id)
 
 
+def click_to_pixel(
+    point: tuple[float, float, float],
+    frame_id: str,
+    image_frame_id: str,
+    camera: Optional[PinholeCamera],
+    *,
+    rectified: bool = False,
+    transform: Optional[Callable[[str], tuple[float, float, float]]] = None,
+) -> tuple[float, float]:
+    """Pixel of a clicked ``point`` (a PointStamped's point in ``frame_id``); ValueError with the
+    reason when it cannot be placed in the image.
+
+    * in the image frame (or with no frame id) and ``z == 0``: already a pixel (rqt_image_view);
+    * in the camera's frame: projected with the camera model (``P`` when ``rectified``);
+    * in another frame: ``transform(target_frame)`` (tf2) gives the point in the camera frame, or
+      raises ValueError; without ``transform`` such a click is refused.
+    """
+    x, y, z = (float(c) for c in point)
+    if not all(math.isfinite(c) for c in (x, y, z)):
+        raise ValueError(f"click ({x}, {y}, {z}) has a non-finite coordinate")
+    if frame_id in ("", image_frame_id) and z == 0.0:
+        return x, y
+    if camera is None:
+        raise ValueError(
+            f"click in frame '{frame_id}' is not a pixel of the image frame '{image_frame_id}' "
+            f"(z must be 0) and no camera_info has been received to project a 3D point"
+        )
+    target = camera.frame_id or image_frame_id
+    if frame_id == target:
+        return camera.project((x, y, z), rectified=rectified)
+    if transform is None:
+        raise ValueError(
+            f"click in frame '{frame_id}': only the image/camera frame '{target}' "
+            "can be used without tf2 (tf2_ros is not installed)"
+        )
+    return camera.project(transform(target), rectified=rectified)
+
+
 @dataclass(frozen=True)
 class RequestSpec:
     """A checked AskRegion / Describe / SuggestActions request, ROS-free."""
@@ -268,7 +329,6 @@ class RequestSpec:
     regions: tuple[Region, ...]
     question: str
     max_new_tokens: int
-    notes: tuple[str, ...] = field(default_factory=tuple)
 
 
 def check_request(
@@ -302,3 +362,108 @@ def check_request(
         stamp_ns=time_to_ns(stamp), regions=parsed, question=text,
         max_new_tokens=int(max_new_tokens) or int(default_max_new_tokens),
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Outputs: answers, rviz markers, parameter descriptors
+
+
+def region_descriptions(header: Header, inference_time_s: float, model: str,
+                        items: Sequence[tuple[str, ReferringInstruction, str]]) -> RegionDescriptionArray:
+    """A RegionDescriptionArray from (label, instruction, answer) per region (the instruction's
+    first region is the one described); ``header`` is copied."""
+    return RegionDescriptionArray(
+        header=copy_header(header), inference_time_s=float(inference_time_s), model=model,
+        descriptions=[RegionDescription(region=region_to_msg(instruction.regions[0]), label=label,
+                                        instruction=instruction.text, text=text)
+                      for label, instruction, text in items])
+
+
+def action_suggestion(header: Header, region: Region, task: str, text: str) -> ActionSuggestion:
+    """An ActionSuggestion for ``task`` on ``region``: the answer and the steps parsed from it."""
+    return ActionSuggestion(header=copy_header(header), region=region_to_msg(region), task=task,
+                            steps=parse_steps(text) if text else [], text=text)
+
+
+def markers_from_annotations(header: Header, camera: PinholeCamera, annotations: Sequence[Annotation],
+                             depth: float, image_width: int, image_height: int) -> MarkerArray:
+    """Region outlines and answer texts at ``depth`` metres along their rays, in the camera frame.
+
+    The first marker deletes the previous set; the stamp is ``header``'s (the image answered about).
+    """
+    frame_header = copy_header(header)
+    if camera.frame_id:
+        frame_header.frame_id = camera.frame_id
+    out = MarkerArray()
+    out.markers.append(Marker(header=copy_header(frame_header), ns="chatspot", action=Marker.DELETEALL))
+    sx = camera.width / float(image_width)
+    sy = camera.height / float(image_height)
+    for i, ann in enumerate(annotations):
+        r, g, b = PALETTE[i % len(PALETTE)]
+        color = ColorRGBA(r=r / 255.0, g=g / 255.0, b=b / 255.0, a=1.0)
+        pts = list(ann.region.points)
+        if ann.region.kind is RegionKind.BOX:
+            (x0, y0), (x1, y1) = pts
+            pts = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+        rays = [camera.back_project(x * sx, y * sy, depth) for x, y in pts]
+        out.markers.append(_outline_marker(frame_header, 2 * i, rays, color, depth))
+        text = Marker(header=frame_header, ns="chatspot", id=2 * i + 1, type=Marker.TEXT_VIEW_FACING,
+                      action=Marker.ADD, color=color, text=ann.text[:120])
+        text.pose.position = Point(x=sum(p[0] for p in rays) / len(rays),
+                                   y=min(p[1] for p in rays) - 0.03 * depth, z=float(depth))
+        text.pose.orientation.w = 1.0
+        text.scale.z = 0.03 * depth
+        out.markers.append(text)
+    return out
+
+
+def _outline_marker(header: Header, marker_id: int, rays: list[tuple[float, float, float]],
+                    color: ColorRGBA, depth: float) -> Marker:
+    """A closed line strip through ``rays``, or a sphere for a single point."""
+    marker = Marker(header=header, ns="chatspot", id=marker_id, action=Marker.ADD, color=color,
+                    lifetime=Duration(sec=0))
+    marker.pose.orientation.w = 1.0
+    if len(rays) == 1:
+        marker.type = Marker.SPHERE
+        marker.pose.position = Point(x=rays[0][0], y=rays[0][1], z=rays[0][2])
+        marker.scale.x = marker.scale.y = marker.scale.z = 0.02 * depth
+    else:
+        marker.type = Marker.LINE_STRIP
+        marker.scale.x = 0.005 * depth
+        marker.points = [Point(x=x, y=y, z=z) for x, y, z in rays + rays[:1]]
+    return marker
+
+
+_PARAMETER_TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
+                    float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING}
+_APPLIES = {"always": "", "activate": "applies at activation", "configure": "applies at configure",
+            "startup": "read at start-up"}
+
+
+def parameter_descriptor(spec: ParamSpec) -> ParameterDescriptor:
+    """The ParameterDescriptor a parameter of :data:`chatspot_ros.ros.config.PARAMETERS` is declared with.
+
+    Numeric parameters carry their range; ``startup`` ones are read-only. ``configure`` and
+    ``activate`` ones stay writable: the node's set-parameters callback refuses a change in a
+    lifecycle state where it cannot apply, with the reason (a read-only parameter could never be
+    changed, not even while the node is unconfigured).
+    """
+    kind = type(spec.default)
+    constraints = []
+    if spec.choices:
+        constraints.append("one of: " + ", ".join(repr(c) for c in spec.choices))
+    if _APPLIES[spec.when]:
+        constraints.append(_APPLIES[spec.when])
+    descriptor = ParameterDescriptor(
+        name=spec.name, type=_PARAMETER_TYPES[kind], description=spec.description,
+        additional_constraints="; ".join(constraints), read_only=spec.when == "startup",
+        # Floats accept integers too ("temperature: 0" in a YAML file); AgentConfig converts them.
+        dynamic_typing=kind is float,
+    )
+    if kind is int and spec.minimum is not None and spec.maximum is not None:
+        descriptor.integer_range = [IntegerRange(from_value=int(spec.minimum), to_value=int(spec.maximum), step=0)]
+    elif kind is float and spec.minimum is not None and spec.maximum is not None:
+        descriptor.floating_point_range = [
+            FloatingPointRange(from_value=float(spec.minimum), to_value=float(spec.maximum), step=0.0)
+        ]
+    return descriptor

@@ -14,59 +14,38 @@ event ends in exactly one counted outcome (see :mod:`chatspot_ros.ros.stats`).
 """
 from __future__ import annotations
 
-import math
 import threading
 import time
-from dataclasses import dataclass
+import traceback
 from typing import Any, Callable, Optional, Sequence
 
-from builtin_interfaces.msg import Duration
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import Point, PointStamped
-from rcl_interfaces.msg import (
-    FloatingPointRange,
-    IntegerRange,
-    ParameterDescriptor,
-    ParameterType,
-    SetParametersResult,
-)
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PointStamped
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.duration import Duration as RosDuration
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from rclpy.qos import (
-    DurabilityPolicy,
-    HistoryPolicy,
-    QoSProfile,
-    ReliabilityPolicy,
-)
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
-from std_msgs.msg import ColorRGBA, Header, String
-from visualization_msgs.msg import Marker, MarkerArray
+from std_msgs.msg import Header, String
+from visualization_msgs.msg import MarkerArray
 
+from chatspot_ros.action import Describe
 from chatspot_ros.frames import FrameBuffer, MatchResult, format_ns
 from chatspot_ros.imaging import ImageDecodeError
-from chatspot_ros.msg import (
-    ActionSuggestion,
-    RegionDescription,
-    RegionDescriptionArray,
-)
+from chatspot_ros.msg import ActionSuggestion, RegionDescriptionArray
 from chatspot_ros.projection import PinholeCamera
-from chatspot_ros.referring import InstructionBuilder, ReferringInstruction, Region, parse_steps
+from chatspot_ros.referring import InstructionBuilder, ReferringInstruction, Region
 from chatspot_ros.ros import convert
-from chatspot_ros.ros.config import (
-    PARAMETERS,
-    PARAMETERS_BY_NAME,
-    AgentConfig,
-    ParamSpec,
-    changes_allowed,
-)
-from chatspot_ros.ros.drawing import PALETTE, Annotation, draw_annotations
-from chatspot_ros.ros.stats import OUTCOMES, STAGES, Stats
+from chatspot_ros.ros.config import PARAMETERS, PARAMETERS_BY_NAME, AgentConfig, changes_allowed
+from chatspot_ros.ros.diagnostics import NodeSnapshot, build_statuses
+from chatspot_ros.ros.drawing import Annotation, draw_annotations
+from chatspot_ros.ros.pending import Outcome, PendingRequest
+from chatspot_ros.ros.stats import LogLimiter, Stats, batch_timings
 from chatspot_ros.ros.worker import InferenceWorker, Job
 from chatspot_ros.srv import AskRegion, SuggestActions
-from chatspot_ros.action import Describe
 
 try:  # vision_msgs is not on PyPI; setup builds a wire-compatible copy when it is missing
     from vision_msgs.msg import Detection2DArray
@@ -97,97 +76,8 @@ _DURABILITY = {"volatile": DurabilityPolicy.VOLATILE, "transient_local": Durabil
 _LOG_THROTTLE_S = 2.0
 _RESULT_GRACE_S = 1.0
 
-
-# ------------------------------------------------------------------------------------------------
-# Request bookkeeping (no ROS types)
-
-
-@dataclass
-class Outcome:
-    success: bool
-    message: str
-    texts: tuple[str, ...] = ()  # one per instruction
-    instructions: tuple[ReferringInstruction, ...] = ()
-    header: Optional[Header] = None
-
-
-class PendingRequest:
-    """A request handed to the worker: finished exactly once, its outcome counted once."""
-
-    def __init__(self, stats: Stats, counter: str,
-                 stop_check: Optional[Callable[[], Optional[str]]] = None) -> None:
-        self._stats = stats
-        self._stop_check = stop_check  # returns a reason to stop (e.g. "cancelled"), or None
-        self._counter = counter  # "requests" | "clicks" | "detections"
-        self._lock = threading.Lock()
-        self._done = threading.Event()
-        self.outcome: Optional[Outcome] = None
-        self._stop_reason: Optional[str] = None
-
-    def finish(self, status: str, outcome: Outcome) -> bool:
-        """Record the outcome under ``status`` (one of stats.OUTCOMES); False if already done."""
-        with self._lock:
-            if self.outcome is not None:
-                return False
-            self.outcome = outcome
-        self._stats.incr(f"{self._counter}.{status}")
-        self._done.set()
-        return True
-
-    @property
-    def counter(self) -> str:
-        return self._counter
-
-    @property
-    def finished(self) -> bool:
-        return self._done.is_set()
-
-    def wait(self, timeout: float) -> bool:
-        return self._done.wait(timeout)
-
-    def stop(self, reason: str) -> None:
-        """Ask the running generation to stop (cancel, preempt, timeout, shutdown)."""
-        with self._lock:
-            if self._stop_reason is None:
-                self._stop_reason = reason
-
-    @property
-    def stop_reason(self) -> Optional[str]:
-        with self._lock:
-            return self._stop_reason
-
-    def should_stop(self) -> bool:
-        if self._stop_check is not None:
-            reason = self._stop_check()
-            if reason is not None:
-                self.stop(reason)
-        return self.stop_reason is not None or self.finished
-
-
-def _descriptor(spec: ParamSpec) -> ParameterDescriptor:
-    kind = type(spec.default)
-    types = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
-             float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING}
-    constraints = []
-    if spec.choices:
-        constraints.append("one of: " + ", ".join(repr(c) for c in spec.choices))
-    applies = {"always": "", "activate": "applies at activation", "configure": "applies at configure",
-               "startup": "read at start-up"}[spec.when]
-    if applies:
-        constraints.append(applies)
-    descriptor = ParameterDescriptor(
-        name=spec.name, type=types[kind], description=spec.description,
-        additional_constraints="; ".join(constraints), read_only=spec.when == "startup",
-        # Floats accept integers too ("temperature: 0" in a YAML file); AgentConfig converts them.
-        dynamic_typing=kind is float,
-    )
-    if kind is int and spec.minimum is not None and spec.maximum is not None:
-        descriptor.integer_range = [IntegerRange(from_value=int(spec.minimum), to_value=int(spec.maximum), step=0)]
-    elif kind is float and spec.minimum is not None and spec.maximum is not None:
-        descriptor.floating_point_range = [
-            FloatingPointRange(from_value=float(spec.minimum), to_value=float(spec.maximum), step=0.0)
-        ]
-    return descriptor
+# Makes a request's instructions once its frame (and so the image size) is known.
+BuildInstructions = Callable[[InstructionBuilder, tuple[int, int]], list[ReferringInstruction]]
 
 
 class ChatSpotAgentNode(LifecycleNode):
@@ -196,10 +86,11 @@ class ChatSpotAgentNode(LifecycleNode):
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
         for spec in PARAMETERS:
-            self.declare_parameter(spec.name, spec.default, _descriptor(spec))
+            self.declare_parameter(spec.name, spec.default, convert.parameter_descriptor(spec))
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self._stats = Stats()
+        self._log_limiter = LogLimiter(_LOG_THROTTLE_S)
         self._lock = threading.RLock()
         self._config: Optional[AgentConfig] = None
         self._chatspot: Any = None  # chatspot_ros.pipeline.ChatSpot
@@ -218,7 +109,10 @@ class ChatSpotAgentNode(LifecycleNode):
         self._inflight = 0  # service / action callbacks running (deactivate waits for them)
         self._inflight_cond = threading.Condition()
 
+        # Images, camera_info, detections and the task in one group (they share the frame buffer
+        # state); clicks in their own, since placing a 3D click may wait for tf (tf.timeout_s).
         self._sensor_group = MutuallyExclusiveCallbackGroup()
+        self._click_group = MutuallyExclusiveCallbackGroup()
         self._request_group = ReentrantCallbackGroup()
         self._diag_group = MutuallyExclusiveCallbackGroup()
         self._subscriptions_active: list[Any] = []
@@ -226,6 +120,7 @@ class ChatSpotAgentNode(LifecycleNode):
         self._action_server: Optional[ActionServer] = None
         self._outputs: dict[str, Any] = {}
 
+        # /diagnostics: a plain (not lifecycle) publisher, so that it reports in every state.
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         period = float(self.get_parameter("diagnostics.period_s").value)
         self._diag_timer = self.create_timer(period, self._publish_diagnostics,
@@ -305,18 +200,8 @@ class ChatSpotAgentNode(LifecycleNode):
                 return self._configure_failed(f"invalid referring settings: {exc}")
             self._frames = FrameBuffer(config.frames_buffer_size,
                                        int(config.frames_max_backward_jump_s * 1e9))
-            self._worker = InferenceWorker(config.queues_max_pending_requests,
-                                           config.queues_max_pending_detections, self._on_worker_error)
-        depth = config.qos_output_depth
-        reliable = QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE,
-                              history=HistoryPolicy.KEEP_LAST)
-        self._outputs = {
-            "descriptions": self.create_lifecycle_publisher(RegionDescriptionArray, "region_descriptions", reliable),
-            "suggestions": self.create_lifecycle_publisher(ActionSuggestion, "action_suggestions", reliable),
-            "debug_image": self.create_lifecycle_publisher(Image, "debug/image", QoSProfile(
-                depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)),
-            "markers": self.create_lifecycle_publisher(MarkerArray, "debug/markers", reliable),
-        }
+            self._worker = self._new_worker(config)
+        self._create_outputs(config)
         self._last_error = ""
         self.get_logger().info(
             f"configured: model {self._model_info.get('model')} ({self._model_info.get('family')}) on "
@@ -331,6 +216,28 @@ class ChatSpotAgentNode(LifecycleNode):
         self._stats.incr("configure.failed")
         self.get_logger().error(f"configure failed: {reason}")
         return TransitionCallbackReturn.FAILURE
+
+    def _new_worker(self, config: AgentConfig) -> InferenceWorker:
+        return InferenceWorker(config.queues_max_pending_requests, config.queues_max_pending_detections,
+                               self._on_worker_error)
+
+    def _create_outputs(self, config: AgentConfig) -> None:
+        """Lifecycle publishers (they publish only while active). Answers are reliable, so that
+        both reliable and best-effort subscribers connect; debug/image keeps only the newest."""
+        reliable = QoSProfile(depth=config.qos_output_depth, reliability=ReliabilityPolicy.RELIABLE,
+                              history=HistoryPolicy.KEEP_LAST)
+        newest_only = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+        self._outputs = {
+            "descriptions": self.create_lifecycle_publisher(RegionDescriptionArray, "region_descriptions", reliable),
+            "suggestions": self.create_lifecycle_publisher(ActionSuggestion, "action_suggestions", reliable),
+            "debug_image": self.create_lifecycle_publisher(Image, "debug/image", newest_only),
+            "markers": self.create_lifecycle_publisher(MarkerArray, "debug/markers", reliable),
+        }
+
+    def _destroy_outputs(self) -> None:
+        for publisher in self._outputs.values():
+            self.destroy_lifecycle_publisher(publisher)
+        self._outputs = {}
 
     def _load_model(self, config: AgentConfig) -> Any:
         from chatspot_ros.pipeline import ChatSpot
@@ -392,35 +299,39 @@ class ChatSpotAgentNode(LifecycleNode):
         base = config.topics_image
         return f"{base}/compressed" if config.image_transport == "compressed" else base
 
+    def _subscribe(self, msg_type: Any, topic: str, callback: Callable[[Any], None], qos: QoSProfile,
+                   group: Any) -> None:
+        events = SubscriptionEventCallbacks(
+            incompatible_qos=lambda event, t=topic: self.get_logger().warning(
+                f"'{t}': a publisher's QoS is incompatible with this subscription "
+                f"(policy {event.last_policy_kind}); check qos.* parameters"
+            )
+        )
+        self._subscriptions_active.append(self.create_subscription(
+            msg_type, topic, callback, qos, callback_group=group, event_callbacks=events))
+
     def _create_interfaces(self, config: AgentConfig) -> None:
+        # Camera input: sensor data (best effort by default, shallow, keep last).
         sensor_qos = QoSProfile(depth=config.qos_image_depth, history=HistoryPolicy.KEEP_LAST,
                                 reliability=_RELIABILITY[config.qos_image_reliability])
+        # Detections and clicks: each message matters (reliable by default).
         input_qos = QoSProfile(depth=config.qos_detections_depth, history=HistoryPolicy.KEEP_LAST,
                                reliability=_RELIABILITY[config.qos_detections_reliability])
+        # The task is state, not a stream: the newest only; transient_local receives a latched one.
         task_qos = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
                               reliability=_RELIABILITY[config.qos_detections_reliability],
                               durability=_DURABILITY[config.qos_task_durability])
-
-        def sub(msg_type: Any, topic: str, callback: Callable[[Any], None], qos: QoSProfile) -> None:
-            events = SubscriptionEventCallbacks(
-                incompatible_qos=lambda event, t=topic: self.get_logger().warning(
-                    f"'{t}': a publisher's QoS is incompatible with this subscription "
-                    f"(policy {event.last_policy_kind}); check qos.* parameters"
-                )
-            )
-            self._subscriptions_active.append(self.create_subscription(
-                msg_type, topic, callback, qos, callback_group=self._sensor_group, event_callbacks=events))
-
+        sensors = self._sensor_group
         if config.image_transport == "compressed":
-            sub(CompressedImage, self._image_topic(config), self._on_compressed_image, sensor_qos)
+            self._subscribe(CompressedImage, self._image_topic(config), self._on_compressed_image, sensor_qos, sensors)
         else:
-            sub(Image, config.topics_image, self._on_image, sensor_qos)
+            self._subscribe(Image, config.topics_image, self._on_image, sensor_qos, sensors)
         if config.camera_info_enabled:
-            sub(CameraInfo, config.topics_camera_info, self._on_camera_info, sensor_qos)
+            self._subscribe(CameraInfo, config.topics_camera_info, self._on_camera_info, sensor_qos, sensors)
         if Detection2DArray is not None:
-            sub(Detection2DArray, config.topics_detections, self._on_detections, input_qos)
-        sub(PointStamped, config.topics_clicked_point, self._on_click, input_qos)
-        sub(String, config.topics_task, self._on_task, task_qos)
+            self._subscribe(Detection2DArray, config.topics_detections, self._on_detections, input_qos, sensors)
+        self._subscribe(PointStamped, config.topics_clicked_point, self._on_click, input_qos, self._click_group)
+        self._subscribe(String, config.topics_task, self._on_task, task_qos, sensors)
         self._servers = [
             self.create_service(AskRegion, "ask", self._on_ask, callback_group=self._request_group),
             self.create_service(SuggestActions, "suggest_actions", self._on_suggest_actions,
@@ -471,13 +382,10 @@ class ChatSpotAgentNode(LifecycleNode):
             # A stopped worker cannot restart its thread object: make a fresh one for activate.
             config = self._config
             assert config is not None
-            self._worker = InferenceWorker(config.queues_max_pending_requests,
-                                           config.queues_max_pending_detections, self._on_worker_error)
+            self._worker = self._new_worker(config)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        for publisher in self._outputs.values():
-            self.destroy_lifecycle_publisher(publisher)
-        self._outputs = {}
+        self._destroy_outputs()
         self._release_model()
         self._frames.clear()
         self._camera = None
@@ -501,9 +409,7 @@ class ChatSpotAgentNode(LifecycleNode):
             self._wait_inflight(5.0)
             self._destroy_interfaces()
         if state.label in ("active", "inactive"):
-            for publisher in self._outputs.values():
-                self.destroy_lifecycle_publisher(publisher)
-            self._outputs = {}
+            self._destroy_outputs()
             self._release_model()
         return TransitionCallbackReturn.SUCCESS
 
@@ -512,9 +418,7 @@ class ChatSpotAgentNode(LifecycleNode):
         self._destroy_interfaces()
         if self._worker is not None:
             self._worker.stop("node error", timeout=5.0)
-        for publisher in self._outputs.values():
-            self.destroy_lifecycle_publisher(publisher)
-        self._outputs = {}
+        self._destroy_outputs()
         self._release_model()
         return TransitionCallbackReturn.SUCCESS
 
@@ -543,8 +447,12 @@ class ChatSpotAgentNode(LifecycleNode):
             if not self._inflight_cond.wait_for(lambda: self._inflight == 0, timeout):
                 self.get_logger().warning(f"{self._inflight} request callback(s) still running")
 
-    def _warn(self, message: str) -> None:
-        self.get_logger().warning(message, throttle_duration_sec=_LOG_THROTTLE_S)
+    def _warn(self, key: str, message: str) -> None:
+        """A warning about a counted event; at most one per _LOG_THROTTLE_S for each ``key`` (the
+        event's counter), so that a flood of one kind does not hide the others."""
+        held = self._log_limiter.allow(key)
+        if held is not None:
+            self.get_logger().warning(message + (f" (and {held} more like it since the last report)" if held else ""))
 
     def _on_image(self, msg: Image) -> None:
         self._receive_frame(lambda cfg: convert.frame_from_image(
@@ -554,17 +462,19 @@ class ChatSpotAgentNode(LifecycleNode):
         self._receive_frame(lambda cfg: convert.frame_from_compressed(msg, cfg.image_limits))
 
     def _receive_frame(self, make: Callable[[AgentConfig], convert.DecodedFrame]) -> None:
+        """Check a frame's header and buffer it; the pixels are decoded when a request needs them."""
         start = time.perf_counter()
         self._stats.incr("images.received")
         config = self._config
         if config is None:
             self._stats.incr("images.rejected")
+            self._warn("images.rejected", "image rejected: the node is not configured")
             return
         try:
             frame = make(config)
         except ImageDecodeError as exc:
             self._stats.incr("images.rejected")
-            self._warn(f"image rejected: {exc}")
+            self._warn("images.rejected", f"image rejected: {exc}")
             return
         if self._frames.push(frame.stamp_ns, frame):
             self._stats.incr("frames.time_jumps")
@@ -581,7 +491,7 @@ class ChatSpotAgentNode(LifecycleNode):
             self._camera = convert.camera_from_info(msg)
         except ValueError as exc:
             self._stats.incr("camera_info.rejected")
-            self._warn(f"camera_info rejected: {exc}")
+            self._warn("camera_info.rejected", f"camera_info rejected: {exc}")
 
     def _on_task(self, msg: String) -> None:
         self._stats.incr("tasks.received")
@@ -589,23 +499,32 @@ class ChatSpotAgentNode(LifecycleNode):
         text = msg.data.strip()
         if config is not None and len(text) > config.limits_max_question_chars:
             self._stats.incr("tasks.rejected")
-            self._warn(f"task rejected: {len(text)} characters, the limit is "
-                       f"{config.limits_max_question_chars} (limits.max_question_chars)")
+            self._warn("tasks.rejected", f"task rejected: {len(text)} characters, the limit is "
+                                         f"{config.limits_max_question_chars} (limits.max_question_chars)")
             return
         if text != self._task:
             self.get_logger().info(f"task {'set to ' + repr(text) if text else 'cleared'}")
         self._task = text
 
+    def _drop(self, request: PendingRequest, reason: str, where: str) -> None:
+        if request.finish("dropped", Outcome(False, reason)):
+            self._warn(f"{request.counter}.dropped", f"{where} dropped: {reason}")
+
+    def _fail(self, request: PendingRequest, reason: str, where: str) -> None:
+        if request.finish("failed", Outcome(False, reason)):
+            self._warn(f"{request.counter}.failed", f"{where} failed: {reason}")
+
     # -- detections ------------------------------------------------------------------------
 
     def _on_detections(self, msg: Any) -> None:
         self._stats.incr("detections.received")
-        config = self._config
-        if config is None or self._worker is None:
-            self._stats.incr("detections.rejected")
-            return
+        config, worker = self._config, self._worker
         stamp_ns = convert.time_to_ns(msg.header.stamp)
         where = f"detections at {format_ns(stamp_ns)}"
+        if config is None or worker is None:
+            self._stats.incr("detections.rejected")
+            self._warn("detections.rejected", f"{where} rejected: the node is not configured")
+            return
         if not msg.detections:
             self._stats.incr("detections.empty")
             self.get_logger().debug(f"{where}: empty, nothing to describe")
@@ -613,165 +532,154 @@ class ChatSpotAgentNode(LifecycleNode):
         frame_id = msg.header.frame_id
         if frame_id and self._image_frame_id and frame_id != self._image_frame_id:
             self._stats.incr("detections.rejected")
-            self._warn(f"{where} rejected: frame '{frame_id}' is not the camera frame "
-                       f"'{self._image_frame_id}'")
+            self._warn("detections.rejected", f"{where} rejected: frame '{frame_id}' is not the camera "
+                                              f"frame '{self._image_frame_id}'")
             return
-        regions: list[convert.DetectionRegion] = []
-        errors: list[str] = []
-        for index, detection in enumerate(msg.detections):
-            try:
-                regions.append(convert.detection_to_region(detection, index=index))
-            except ValueError as exc:
-                errors.append(str(exc))
+        cap = config.limits_max_regions_per_frame
+        regions, errors, overflow = convert.detections_to_regions(msg.detections, cap)
         if errors:
             self._stats.incr("regions.rejected", len(errors))
-            self._warn(f"{where}: {len(errors)} invalid detection(s), e.g. {errors[0]}")
+            self._warn("regions.rejected", f"{where}: {len(errors)} invalid detection(s), e.g. {errors[0]}")
+        if overflow:
+            self._stats.incr("regions.overflow", overflow)
+            self._warn("regions.overflow", f"{where}: {len(regions) + overflow} detections, answering the "
+                                           f"{cap} highest-scoring (limits.max_regions_per_frame); "
+                                           f"{overflow} left out")
         if not regions:
             self._stats.incr("detections.rejected")
             return
-        regions.sort(key=lambda r: -r.score)
-        cap = config.limits_max_regions_per_frame
-        if len(regions) > cap:
-            self._stats.incr("regions.overflow", len(regions) - cap)
-            self._warn(f"{where}: {len(regions)} detections, answering the {cap} highest-scoring "
-                       f"(limits.max_regions_per_frame); {len(regions) - cap} left out")
-            regions = regions[:cap]
         request = PendingRequest(self._stats, "detections")
-        job = Job("detections", lambda: self._answer_detections(request, stamp_ns, frame_id, regions),
-                  lambda reason: self._drop(request, reason, where))
-        self._worker.submit_stream(job)
+        worker.submit_stream(Job("detections", lambda: self._answer_detections(request, stamp_ns, regions),
+                                 lambda reason: self._drop(request, reason, where),
+                                 lambda reason: self._fail(request, reason, where)))
 
-    def _drop(self, request: PendingRequest, reason: str, where: str) -> None:
-        if request.finish("dropped", Outcome(False, reason)):
-            self._warn(f"{where} dropped: {reason}")
-
-    def _answer_detections(self, request: PendingRequest, stamp_ns: int, frame_id: str,
+    def _answer_detections(self, request: PendingRequest, stamp_ns: int,
                            detections: list[convert.DetectionRegion]) -> None:
-        config = self._config
+        """Worker: match the frame, describe each detection (and suggest actions for the task)."""
+        config, builder = self._config, self._builder
         where = f"detections at {format_ns(stamp_ns)}"
-        if config is None:
+        if config is None or builder is None:
             request.finish("failed", Outcome(False, "node not configured"))
             return
         match = self._frames.wait_match(stamp_ns, config.match_tolerance_ns, config.frames_wait_s)
         if not match.ok:
             request.finish("unmatched", Outcome(False, match.message))
-            self._warn(f"{where}: no frame: {match.message}")
+            self._warn("detections.unmatched", f"{where}: no frame: {match.message}")
             return
         frame = match.frame.item
         size = (frame.width, frame.height)
-        builder = self._builder
-        instructions: list[ReferringInstruction] = []
         kept: list[convert.DetectionRegion] = []
+        instructions: list[ReferringInstruction] = []
         for det in detections:
             try:
                 instructions.append(builder.describe_region(det.region, size))
                 kept.append(det)
             except ValueError as exc:
                 self._stats.incr("regions.rejected")
-                self._warn(f"{where}: {exc}")
+                self._warn("regions.rejected", f"{where}: {exc}")
         if not instructions:
             request.finish("rejected", Outcome(False, "no valid region in the image"))
             return
         n_describe = len(instructions)
         task = self._task
         if task and config.task_suggest_on_detections:
-            for det in kept[: config.task_max_detections]:
-                try:
-                    instructions.append(builder.suggest_actions(task, det.region, size))
-                except ValueError as exc:
-                    self._warn(f"{where}: no action suggestion: {exc}")
+            instructions += self._suggestions_for(builder, task, [d.region for d in kept[: config.task_max_detections]],
+                                                  size, where)
         result = self._run_model(request, frame, (frame.frame_id, frame.stamp_ns), instructions,
                                  config.generation_max_new_tokens, where)
         if result is None:
             return
         texts, elapsed_s = result
         header = convert.copy_header(frame.header)
-        out = RegionDescriptionArray(header=header, inference_time_s=float(elapsed_s),
-                                     model=self._model_info.get("model", ""))
-        for det, instruction, text in zip(kept, instructions[:n_describe], texts[:n_describe]):
-            out.descriptions.append(RegionDescription(
-                region=convert.region_to_msg(instruction.regions[0]), label=det.label,
-                instruction=instruction.text, text=text))
-        self._publish("descriptions", out)
+        described = list(zip(kept, instructions[:n_describe], texts[:n_describe]))
+        self._publish_descriptions(header, elapsed_s, [(det.label, instruction, text)
+                                                       for det, instruction, text in described])
         for instruction, text in zip(instructions[n_describe:], texts[n_describe:]):
             self._publish_suggestion(header, instruction, task, text)
         self._stats.incr("regions.answered", n_describe)
         request.finish("answered", Outcome(True, "", tuple(texts), tuple(instructions), header))
         self._publish_debug(frame, [Annotation(i.regions[0], f"{d.label or d.region.id}: {t}")
-                                    for d, i, t in zip(kept, instructions, texts)])
+                                    for d, i, t in described])
+
+    def _suggestions_for(self, builder: InstructionBuilder, task: str, regions: Sequence[Region],
+                         size: tuple[int, int], where: str) -> list[ReferringInstruction]:
+        out = []
+        for region in regions:
+            try:
+                out.append(builder.suggest_actions(task, region, size))
+            except ValueError as exc:
+                self._stats.incr("suggestions.rejected")
+                self._warn("suggestions.rejected", f"{where}: no action suggestion: {exc}")
+        return out
 
     # -- clicks ----------------------------------------------------------------------------
 
     def _on_click(self, msg: PointStamped) -> None:
         self._stats.incr("clicks.received")
-        config = self._config
-        if config is None or self._worker is None:
+        config, worker, builder = self._config, self._worker, self._builder
+        if config is None or worker is None or builder is None:
             self._stats.incr("clicks.rejected")
+            self._warn("clicks.rejected", "click rejected: the node is not configured")
             return
-        latest = self._frames.latest()
-        if latest is None:
+        frame = self._click_frame(msg, config)
+        if frame is None:
             self._stats.incr("clicks.unmatched")
-            self._warn("click ignored: no image received yet")
+            self._warn("clicks.unmatched", "click ignored: no image received yet")
             return
-        frame = latest.item
-        stamp_ns = convert.time_to_ns(msg.header.stamp)
-        if stamp_ns:
-            match = self._frames.match(stamp_ns, config.match_tolerance_ns)
-            if match.ok:
-                frame = match.frame.item
+        task = self._task
+        size = (frame.width, frame.height)
         try:
-            u, v = self._click_to_pixel(msg, frame, config)
+            p = msg.point
+            u, v = convert.click_to_pixel(
+                (p.x, p.y, p.z), msg.header.frame_id, frame.frame_id, self._camera,
+                rectified=config.projection_rectified, transform=self._tf_transform(msg, config.tf_timeout_s))
             region = convert.click_region(u, v, frame.width, frame.height, config.click_box_size)
-            size = (frame.width, frame.height)
-            builder = self._builder
             if config.click_question.strip():
                 instructions = [builder.ask(config.click_question, [region], size)]
             else:
                 instructions = [builder.describe_region(region, size)]
-            task = self._task
             if task:
                 instructions.append(builder.suggest_actions(task, region, size))
         except ValueError as exc:
             self._stats.incr("clicks.rejected")
-            self._warn(f"click rejected: {exc}")
+            self._warn("clicks.rejected", f"click rejected: {exc}")
             return
         request = PendingRequest(self._stats, "clicks")
         job = Job("click", lambda: self._answer_click(request, frame, instructions, task),
-                  lambda reason: self._drop(request, reason, "click"))
-        if not self._worker.submit_request(job):
+                  lambda reason: self._drop(request, reason, "click"),
+                  lambda reason: self._fail(request, reason, "click"))
+        if not worker.submit_request(job):
             request.finish("dropped", Outcome(False, "busy"))
-            self._warn("click dropped: the request queue is full (queues.max_pending_requests)")
+            self._warn("clicks.dropped", "click dropped: the request queue is full "
+                                         "(queues.max_pending_requests)")
 
-    def _click_to_pixel(self, msg: PointStamped, frame: convert.DecodedFrame,
-                        config: AgentConfig) -> tuple[float, float]:
-        """Pixel of a click; ValueError with the reason when it cannot be placed in the image."""
-        p = msg.point
-        frame_id = msg.header.frame_id
-        if not all(math.isfinite(c) for c in (p.x, p.y, p.z)):
-            raise ValueError(f"click ({p.x}, {p.y}, {p.z}) has a non-finite coordinate")
-        camera = self._camera
-        if frame_id in ("", frame.frame_id) and p.z == 0.0:
-            return float(p.x), float(p.y)  # rqt_image_view mouse publishing: pixels
-        if camera is not None and frame_id == (camera.frame_id or frame.frame_id):
-            return camera.project((p.x, p.y, p.z), rectified=config.projection_rectified)
-        if self._tf_buffer is not None and camera is not None:
-            target = camera.frame_id or frame.frame_id
+    def _click_frame(self, msg: PointStamped, config: AgentConfig) -> Optional[convert.DecodedFrame]:
+        """The frame with the click's stamp, else the latest (rviz stamps clicks with 'now');
+        None when no frame has arrived."""
+        stamp_ns = convert.time_to_ns(msg.header.stamp)
+        if stamp_ns:
+            match = self._frames.match(stamp_ns, config.match_tolerance_ns)
+            if match.ok:
+                return match.frame.item
+        latest = self._frames.latest()
+        return latest.item if latest is not None else None
+
+    def _tf_transform(self, msg: PointStamped,
+                      timeout_s: float) -> Optional[Callable[[str], tuple[float, float, float]]]:
+        """A function that moves the click into a target frame with tf2 (None without tf2)."""
+        buffer = self._tf_buffer
+        if buffer is None:
+            return None
+
+        def transform(target: str) -> tuple[float, float, float]:
             try:
-                stamped = self._tf_buffer.transform(
-                    msg, target, timeout=RosDuration(seconds=config.tf_timeout_s))
+                stamped = buffer.transform(msg, target, timeout=RosDuration(seconds=timeout_s))
             except TransformException as exc:
-                raise ValueError(f"cannot transform the click from '{frame_id}' to '{target}': {exc}") from None
-            q = stamped.point
-            return camera.project((q.x, q.y, q.z), rectified=config.projection_rectified)
-        if camera is None:
-            raise ValueError(
-                f"click in frame '{frame_id}' is not a pixel of the image frame '{frame.frame_id}' "
-                f"(z must be 0) and no camera_info has been received to project a 3D point"
-            )
-        raise ValueError(
-            f"click in frame '{frame_id}': only the image/camera frame '{camera.frame_id or frame.frame_id}' "
-            "can be used without tf2 (tf2_ros is not installed)"
-        )
+                raise ValueError(f"cannot transform the click from '{msg.header.frame_id}' to "
+                                 f"'{target}': {exc}") from None
+            return stamped.point.x, stamped.point.y, stamped.point.z
+
+        return transform
 
     def _answer_click(self, request: PendingRequest, frame: convert.DecodedFrame,
                       instructions: list[ReferringInstruction], task: str) -> None:
@@ -786,10 +694,7 @@ class ChatSpotAgentNode(LifecycleNode):
         texts, elapsed_s = result
         header = convert.copy_header(frame.header)
         describe = instructions[0]
-        self._publish("descriptions", RegionDescriptionArray(
-            header=header, inference_time_s=float(elapsed_s), model=self._model_info.get("model", ""),
-            descriptions=[RegionDescription(region=convert.region_to_msg(describe.regions[0]),
-                                            label="", instruction=describe.text, text=texts[0])]))
+        self._publish_descriptions(header, elapsed_s, [("", describe, texts[0])])
         if len(instructions) > 1:
             self._publish_suggestion(header, instructions[1], task, texts[1])
         request.finish("answered", Outcome(True, "", tuple(texts), tuple(instructions), header))
@@ -801,7 +706,7 @@ class ChatSpotAgentNode(LifecycleNode):
                    instructions: Sequence[ReferringInstruction], max_new_tokens: int, where: str,
                    on_token: Optional[Callable[[int, str], None]] = None,
                    ) -> Optional[tuple[list[str], float]]:
-        """Run the model on one frame; on failure finish ``request`` as failed and return None."""
+        """Worker: run the model on one frame; on failure finish ``request`` as failed and return None."""
         from chatspot_ros.runtime import GenerationConfig
 
         config = self._config
@@ -819,10 +724,9 @@ class ChatSpotAgentNode(LifecycleNode):
         except ImageDecodeError as exc:
             self._stats.incr("images.decode_failed")
             request.finish("failed", Outcome(False, f"cannot decode the image: {exc}"))
-            self._warn(f"{where}: cannot decode the image: {exc}")
+            self._warn("images.decode_failed", f"{where}: cannot decode the image: {exc}")
             return None
-        converted = time.perf_counter()
-        self._stats.observe("conversion", (converted - start) * 1e3)
+        self._stats.observe("conversion", (time.perf_counter() - start) * 1e3)
         try:
             gen = GenerationConfig(
                 max_new_tokens=int(max_new_tokens), temperature=config.generation_temperature,
@@ -833,21 +737,31 @@ class ChatSpotAgentNode(LifecycleNode):
                 self._active_requests.add(request)
             answers = chatspot.answer(rgb, key, list(instructions), gen, on_token=on_token,
                                       should_stop=request.should_stop)
-        except Exception as exc:  # noqa: BLE001 - a model error fails this request, not the node
+        except Exception as exc:  # noqa: BLE001 - a model error fails this request (counted), not the node
             self._model_failed(request, exc, where)
             return None
         finally:
             with self._lock:
                 self._active_requests.discard(request)
-        elapsed = time.perf_counter() - start
+        elapsed_s = time.perf_counter() - start
+        self._observe_answers(answers, elapsed_s)
+        if request.stop_reason is not None and request.counter != "requests":
+            # A detection or click stopped mid-generation (deactivation, shutdown): its partial
+            # answers are not published. (Service calls and goals return theirs as "cancelled".)
+            request.finish("failed", Outcome(False, request.stop_reason))
+            self._warn(f"{request.counter}.failed", f"{where}: stopped: {request.stop_reason}")
+            return None
+        return [a.text for a in answers], elapsed_s
+
+    def _observe_answers(self, answers: Sequence[Any], elapsed_s: float) -> None:
+        """Stage latencies of one ChatSpot.answer call: the frame is encoded once (vision_ms is the
+        same on every answer, 0 on a cache hit) and each decode batch's time is counted once."""
+        prefill_ms, decode_ms = batch_timings(a.generation for a in answers)
         self._stats.observe("vision", answers[0].vision_ms if answers else 0.0)
-        prefill = sum(a.generation.prefill_ms for a in answers)
-        decode = max((a.generation.decode_ms for a in answers), default=0.0)
-        self._stats.observe("prefill", prefill)
-        self._stats.observe("decode", decode)
-        self._stats.observe("total", elapsed * 1e3)
-        self._stats.observe_tokens(sum(a.generation.tokens for a in answers), decode)
-        return [a.text for a in answers], elapsed
+        self._stats.observe("prefill", prefill_ms)
+        self._stats.observe("decode", decode_ms)
+        self._stats.observe("total", elapsed_s * 1e3)
+        self._stats.observe_tokens(sum(a.generation.tokens for a in answers), decode_ms)
 
     def _model_failed(self, request: PendingRequest, exc: Exception, where: str) -> None:
         name = type(exc).__name__
@@ -872,9 +786,11 @@ class ChatSpotAgentNode(LifecycleNode):
             pass
 
     def _on_worker_error(self, job: Job, exc: Exception) -> None:
-        # Jobs report their own failures; reaching here is a bug in the node, still not fatal.
+        # Jobs report their own failures; reaching here is a bug in the node. The job still fails
+        # with the reason (Job.fail), so its request is answered and counted; the node keeps going.
         self._stats.incr("worker.errors")
-        self.get_logger().error(f"internal error in a {job.kind} job: {type(exc).__name__}: {exc}")
+        self.get_logger().error(f"internal error in a {job.kind} job: {type(exc).__name__}: {exc}\n"
+                                + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
 
     # ============================================================================ outputs
 
@@ -883,17 +799,23 @@ class ChatSpotAgentNode(LifecycleNode):
         if publisher is not None:
             publisher.publish(msg)
 
+    def _publish_descriptions(self, header: Header, elapsed_s: float,
+                              items: Sequence[tuple[str, ReferringInstruction, str]]) -> None:
+        """(label, instruction, answer) per region; ``inference_time_s`` is the wall time of the
+        model call (decode of the image, vision encoder, prefill, generation)."""
+        self._publish("descriptions", convert.region_descriptions(
+            header, elapsed_s, self._model_info.get("model", ""), items))
+
     def _publish_suggestion(self, header: Header, instruction: ReferringInstruction, task: str,
                             text: str) -> None:
-        self._publish("suggestions", ActionSuggestion(
-            header=header, region=convert.region_to_msg(instruction.regions[0]), task=task,
-            steps=parse_steps(text), text=text))
+        self._publish("suggestions", convert.action_suggestion(header, instruction.regions[0], task, text))
 
     def _wants(self, key: str) -> bool:
         publisher = self._outputs.get(key)
         return publisher is not None and publisher.get_subscription_count() > 0
 
     def _publish_debug(self, frame: convert.DecodedFrame, annotations: list[Annotation]) -> None:
+        """Worker: debug/image and debug/markers, built only while someone subscribes."""
         config = self._config
         if config is None:
             return
@@ -904,8 +826,8 @@ class ChatSpotAgentNode(LifecycleNode):
             self._stats.observe("drawing", (time.perf_counter() - start) * 1e3)
         camera = self._camera
         if config.debug_markers and camera is not None and self._wants("markers"):
-            self._publish("markers", make_markers(frame.header, camera, annotations,
-                                                  config.debug_marker_depth, frame.width, frame.height))
+            self._publish("markers", convert.markers_from_annotations(
+                frame.header, camera, annotations, config.debug_marker_depth, frame.width, frame.height))
 
     # ============================================================================ services
 
@@ -927,16 +849,14 @@ class ChatSpotAgentNode(LifecycleNode):
             frame = match.frame.item
         return frame, (frame.frame_id, frame.stamp_ns)
 
-    def _prepare_request(
-        self, stamp: Any, image: Image, build: Callable[[InstructionBuilder, tuple[int, int]], list[ReferringInstruction]],
-    ) -> tuple[PendingRequest, convert.DecodedFrame, Any, list[ReferringInstruction]]:
+    def _prepare_request(self, stamp: Any, image: Image, build: BuildInstructions,
+                         ) -> tuple[convert.DecodedFrame, Any, list[ReferringInstruction]]:
         """Checks shared by ask / suggest_actions / describe; ValueError when the request is refused."""
         config, builder = self._config, self._builder
         if config is None or builder is None:
             raise ValueError("the node is not configured")
         frame, key = self._resolve_frame(stamp, image, config)
-        instructions = build(builder, (frame.width, frame.height))
-        return PendingRequest(self._stats, "requests"), frame, key, instructions
+        return frame, key, build(builder, (frame.width, frame.height))
 
     def _check_fields(self, stamp: Any, regions: Sequence[Any], question: str, max_new_tokens: int,
                       *, what: str = "question", require_question: bool = True) -> convert.RequestSpec:
@@ -955,11 +875,12 @@ class ChatSpotAgentNode(LifecycleNode):
     def _submit_and_wait(self, request: PendingRequest, frame: convert.DecodedFrame, key: Any,
                          instructions: list[ReferringInstruction], max_new_tokens: int, where: str,
                          on_token: Optional[Callable[[int, str], None]] = None) -> Outcome:
+        """Queue the request for the worker and wait for its outcome (or the request timeout)."""
         config = self._config
         worker = self._worker
         if config is None or worker is None:
-            self._stats.incr("requests.rejected")
-            return Outcome(False, "the node is not active")
+            request.finish("rejected", Outcome(False, "the node is not active"))
+            return request.outcome or Outcome(False, "the node is not active")
 
         def run() -> None:
             result = self._run_model(request, frame, key, instructions, max_new_tokens, where, on_token)
@@ -975,34 +896,34 @@ class ChatSpotAgentNode(LifecycleNode):
 
         job = Job(where, run, lambda reason: request.finish("failed", Outcome(False, reason)))
         if not worker.submit_request(job):
-            self._stats.incr("requests.rejected")
             if not worker.running:
-                return Outcome(False, "the node is deactivating")
-            return Outcome(False, f"busy: {config.queues_max_pending_requests} requests are already "
-                                  "waiting (queues.max_pending_requests)")
-        if not request.wait(config.queues_request_timeout_s):
+                message = "the node is deactivating"
+            else:
+                message = (f"busy: {config.queues_max_pending_requests} requests are already waiting "
+                           "(queues.max_pending_requests)")
+            request.finish("rejected", Outcome(False, message))
+        elif not request.wait(config.queues_request_timeout_s):
             request.stop("timed out")
             request.finish("failed", Outcome(False, f"timed out after {config.queues_request_timeout_s:g} s "
                                                     "(queues.request_timeout_s)"))
         assert request.outcome is not None
         return request.outcome
 
-    def _refuse(self, response: Any, exc: Exception, where: str) -> Any:
-        self._stats.incr("requests.rejected")
+    def _refuse(self, request: PendingRequest, response: Any, exc: Exception, where: str) -> Any:
+        request.finish("rejected", Outcome(False, str(exc)))
         response.success = False
         response.message = str(exc)
-        self.get_logger().warning(f"{where} refused: {exc}", throttle_duration_sec=_LOG_THROTTLE_S)
+        self._warn("requests.rejected", f"{where} refused: {exc}")
         return response
 
-    def _on_ask_impl(self, request: AskRegion.Request, response: AskRegion.Response) -> AskRegion.Response:
-        self._stats.incr("requests.received")
+    def _on_ask_impl(self, pending: PendingRequest, request: AskRegion.Request,
+                     response: AskRegion.Response) -> AskRegion.Response:
         try:
             spec = self._check_fields(request.stamp, request.regions, request.question, request.max_new_tokens)
-            pending, frame, key, instructions = self._prepare_request(
-                request.stamp, request.image,
-                lambda b, size: [b.ask(spec.question, spec.regions, size)])
+            frame, key, instructions = self._prepare_request(
+                request.stamp, request.image, lambda b, size: [b.ask(spec.question, spec.regions, size)])
         except ValueError as exc:
-            return self._refuse(response, exc, "ask")
+            return self._refuse(pending, response, exc, "ask")
         outcome = self._submit_and_wait(pending, frame, key, instructions, spec.max_new_tokens, "ask")
         response.success = outcome.success
         response.message = outcome.message
@@ -1014,9 +935,8 @@ class ChatSpotAgentNode(LifecycleNode):
             self._publish_debug(frame, [Annotation(r, outcome.texts[0]) for r in instructions[0].regions])
         return response
 
-    def _on_suggest_actions_impl(self, request: SuggestActions.Request,
-                            response: SuggestActions.Response) -> SuggestActions.Response:
-        self._stats.incr("requests.received")
+    def _on_suggest_actions_impl(self, pending: PendingRequest, request: SuggestActions.Request,
+                                 response: SuggestActions.Response) -> SuggestActions.Response:
         try:
             regions = [request.region] if len(request.region.points) else []
             spec = self._check_fields(request.stamp, regions, request.task, 0, what="task")
@@ -1025,18 +945,14 @@ class ChatSpotAgentNode(LifecycleNode):
                 region = spec.regions[0] if spec.regions else Region.box(0, 0, size[0], size[1], id="image")
                 return [b.suggest_actions(spec.question, region, size)]
 
-            pending, frame, key, instructions = self._prepare_request(request.stamp, request.image, build)
+            frame, key, instructions = self._prepare_request(request.stamp, request.image, build)
         except ValueError as exc:
-            return self._refuse(response, exc, "suggest_actions")
-        config = self._config
-        outcome = self._submit_and_wait(pending, frame, key, instructions,
-                                        config.generation_max_new_tokens if config else 64, "suggest_actions")
+            return self._refuse(pending, response, exc, "suggest_actions")
+        outcome = self._submit_and_wait(pending, frame, key, instructions, spec.max_new_tokens, "suggest_actions")
         response.success = outcome.success
         response.message = outcome.message
         text = outcome.texts[0] if outcome.texts else ""
-        response.suggestion = ActionSuggestion(
-            header=convert.copy_header(frame.header), region=convert.region_to_msg(instructions[0].regions[0]),
-            task=spec.question, steps=parse_steps(text) if text else [], text=text)
+        response.suggestion = convert.action_suggestion(frame.header, instructions[0].regions[0], spec.question, text)
         if outcome.success:
             self._publish("suggestions", response.suggestion)
         return response
@@ -1052,26 +968,16 @@ class ChatSpotAgentNode(LifecycleNode):
                 request.stop("preempted by a newer goal")
         goal_handle.execute()
 
-    def _execute_describe_impl(self, goal_handle: Any) -> Describe.Result:
-        self._stats.incr("requests.received")
+    def _execute_describe_impl(self, pending: PendingRequest, goal_handle: Any) -> Describe.Result:
         goal = goal_handle.request
         result = Describe.Result()
         try:
             spec = self._check_fields(goal.stamp, goal.regions, goal.question, goal.max_new_tokens,
                                       require_question=False)
-
-            def build(b: InstructionBuilder, size: tuple[int, int]) -> list[ReferringInstruction]:
-                if spec.question:
-                    return [b.ask(spec.question, spec.regions, size)]
-                if len(spec.regions) == 1:
-                    return [b.describe_region(spec.regions[0], size)]
-                if not spec.regions:
-                    return [b.describe_image(size)]
-                return [b.ask("Describe these regions.", spec.regions, size)]
-
-            pending, frame, key, instructions = self._prepare_request(goal.stamp, goal.image, build)
+            frame, key, instructions = self._prepare_request(
+                goal.stamp, goal.image, lambda b, size: [describe_instruction(b, spec.question, spec.regions, size)])
         except ValueError as exc:
-            self._refuse(result, exc, "describe")
+            self._refuse(pending, result, exc, "describe")
             goal_handle.abort()
             return result
         tokens = [0]
@@ -1080,7 +986,6 @@ class ChatSpotAgentNode(LifecycleNode):
             tokens[0] += 1
             goal_handle.publish_feedback(Describe.Feedback(partial=text, tokens=tokens[0]))
 
-        pending._stop_check = lambda: "cancelled" if goal_handle.is_cancel_requested else None
         with self._lock:
             self._describe_goals.add(pending)
         try:
@@ -1102,29 +1007,50 @@ class ChatSpotAgentNode(LifecycleNode):
             goal_handle.abort()
         return result
 
-    # Service / action entry points: counted while they run (see on_deactivate).
+    # -- entry points: counted while they run (see on_deactivate); a bug fails the request only
 
-    def _on_ask(self, request: AskRegion.Request, response: AskRegion.Response) -> AskRegion.Response:
+    def _serve(self, where: str, pending: PendingRequest, handler: Callable[[], Any], response: Any,
+               on_internal_error: Optional[Callable[[], None]] = None) -> Any:
+        """Run a service / action handler. Every request is counted once: received, then one
+        outcome (the handler's, or ``failed`` with the reason when the handler raised)."""
+        self._stats.incr("requests.received")
         self._enter()
         try:
-            return self._on_ask_impl(request, response)
+            return handler()
+        except Exception as exc:  # noqa: BLE001 - a bug answers success=false with the reason, counted
+            message = f"internal error: {type(exc).__name__}: {exc}"
+            self._stats.incr("internal.errors")
+            pending.stop(message)
+            pending.finish("failed", Outcome(False, message))
+            self.get_logger().error(f"{where}: {message}\n{traceback.format_exc()}")
+            response.success = False
+            response.message = message
+            if on_internal_error is not None:
+                on_internal_error()
+            return response
         finally:
             self._leave()
+
+    def _on_ask(self, request: AskRegion.Request, response: AskRegion.Response) -> AskRegion.Response:
+        pending = PendingRequest(self._stats, "requests")
+        return self._serve("ask", pending, lambda: self._on_ask_impl(pending, request, response), response)
 
     def _on_suggest_actions(self, request: SuggestActions.Request,
                             response: SuggestActions.Response) -> SuggestActions.Response:
-        self._enter()
-        try:
-            return self._on_suggest_actions_impl(request, response)
-        finally:
-            self._leave()
+        pending = PendingRequest(self._stats, "requests")
+        return self._serve("suggest_actions", pending,
+                           lambda: self._on_suggest_actions_impl(pending, request, response), response)
 
     def _execute_describe(self, goal_handle: Any) -> Describe.Result:
-        self._enter()
-        try:
-            return self._execute_describe_impl(goal_handle)
-        finally:
-            self._leave()
+        pending = PendingRequest(self._stats, "requests",
+                                 stop_check=lambda: "cancelled" if goal_handle.is_cancel_requested else None)
+
+        def abort_if_active() -> None:
+            if goal_handle.is_active:
+                goal_handle.abort()
+
+        return self._serve("describe", pending, lambda: self._execute_describe_impl(pending, goal_handle),
+                           Describe.Result(), abort_if_active)
 
     # ============================================================================ diagnostics
 
@@ -1132,113 +1058,30 @@ class ChatSpotAgentNode(LifecycleNode):
         self._diag_pub.publish(self.diagnostics())
 
     def diagnostics(self) -> DiagnosticArray:
-        counters = self._stats.counters()
-        state = self._lifecycle_state()
-        info = dict(self._model_info)
         worker = self._worker
-        requests_pending, stream_pending, running = worker.depths() if worker else (0, 0, False)
-        name = self.get_fully_qualified_name()
-        hardware = info.get("device", "")
-
-        def kv(pairs: dict[str, Any]) -> list[KeyValue]:
-            return [KeyValue(key=k, value=str(v)) for k, v in pairs.items()]
-
-        if self._last_error:
-            model_level, model_msg = DiagnosticStatus.ERROR, self._last_error
-        elif state == "active":
-            model_level, model_msg = DiagnosticStatus.OK, f"active: {info.get('model', '')}"
-        else:
-            model_level, model_msg = DiagnosticStatus.WARN, state
-        model = DiagnosticStatus(level=model_level, name=f"{name}: model", message=model_msg,
-                                 hardware_id=hardware, values=kv({
-                                     "state": state, "model": info.get("model", ""),
-                                     "family": info.get("family", ""), "backend": info.get("backend", ""),
-                                     "device": info.get("device", ""), "dtype": info.get("dtype", ""),
-                                     "dialect": info.get("dialect", ""), "last_error": self._last_error,
-                                 }))
+        queue_requests, queue_detections, busy = worker.depths() if worker else (0, 0, False)
         span = self._frames.span()
-        input_keys = [f"{kind}.{o}" for kind in ("images", "detections", "clicks")
-                      for o in ("received",) + OUTCOMES[kind]]
-        input_keys += ["images.decode_failed", "frames.time_jumps", "camera_info.received", "camera_info.rejected",
-                       "tasks.received", "tasks.rejected", "regions.answered", "regions.rejected",
-                       "regions.overflow"]
-        inputs_values = {k: counters.get(k, 0) for k in input_keys}
-        inputs_values.update({
-            "frames.buffered": len(self._frames), "frames.capacity": self._frames.capacity,
-            "frames.newest_stamp": format_ns(span[1]) if span else "",
-            "queue.detections": stream_pending, "task": self._task,
-        })
-        dropped = sum(counters.get(k, 0) for k in ("detections.dropped", "detections.unmatched",
-                                                   "images.rejected", "clicks.dropped"))
-        inputs = DiagnosticStatus(
-            level=DiagnosticStatus.WARN if dropped else DiagnosticStatus.OK, name=f"{name}: inputs",
-            message=f"{counters.get('images.buffered', 0)} frames, "
-                    f"{counters.get('detections.answered', 0)} detection messages answered, "
-                    f"{dropped} dropped/unmatched/rejected",
-            hardware_id=hardware, values=kv(inputs_values))
-        request_keys = ["requests.received"] + [f"requests.{o}" for o in OUTCOMES["requests"]]
-        request_keys += ["model.errors", "model.oom", "worker.errors", "configure.failed"]
-        request_values = {k: counters.get(k, 0) for k in request_keys}
-        request_values.update({"queue.requests": requests_pending, "worker.busy": running})
-        requests = DiagnosticStatus(
-            level=DiagnosticStatus.WARN if counters.get("model.errors", 0) else DiagnosticStatus.OK,
-            name=f"{name}: requests",
-            message=f"{counters.get('requests.served', 0)} served, {counters.get('requests.failed', 0)} failed",
-            hardware_id=hardware, values=kv(request_values))
-        stages = self._stats.stages()
-        latency_values: dict[str, Any] = {}
-        for stage in ("receive",) + STAGES + ("drawing",):
-            summary = stages.get(stage)
-            if summary is not None:
-                latency_values[f"{stage}.mean_ms"] = f"{summary.mean_ms:.2f}"
-                latency_values[f"{stage}.max_ms"] = f"{summary.max_ms:.2f}"
-                latency_values[f"{stage}.last_ms"] = f"{summary.last_ms:.2f}"
-        tokens_per_s = self._stats.tokens_per_s()
-        latency_values["tokens_per_s"] = f"{tokens_per_s:.1f}"
-        total = stages.get("total")
-        latency = DiagnosticStatus(
-            level=DiagnosticStatus.OK, name=f"{name}: latency",
-            message=(f"{total.mean_ms:.0f} ms per answer, {tokens_per_s:.1f} tokens/s" if total else "no answers yet"),
-            hardware_id=hardware, values=kv(latency_values))
-        array = DiagnosticArray(status=[model, inputs, requests, latency])
+        snapshot = NodeSnapshot(
+            name=self.get_fully_qualified_name(), state=self._lifecycle_state(),
+            model_info=dict(self._model_info), last_error=self._last_error,
+            counters=self._stats.counters(), stages=self._stats.stages(), tokens_per_s=self._stats.tokens_per_s(),
+            frames_buffered=len(self._frames), frames_capacity=self._frames.capacity,
+            newest_stamp_ns=span[1] if span else None, queue_requests=queue_requests,
+            queue_detections=queue_detections, worker_busy=busy, task=self._task,
+        )
+        array = DiagnosticArray(status=build_statuses(snapshot))
         array.header.stamp = self.get_clock().now().to_msg()
         return array
 
 
-def make_markers(header: Header, camera: PinholeCamera, annotations: Sequence[Annotation], depth: float,
-                 image_width: int, image_height: int) -> MarkerArray:
-    """Region outlines and answer texts at ``depth`` metres along their rays, in the camera frame."""
-    out = MarkerArray()
-    out.markers.append(Marker(header=header, ns="chatspot", action=Marker.DELETEALL))
-    sx = camera.width / float(image_width)
-    sy = camera.height / float(image_height)
-    frame_header = convert.copy_header(header)
-    if camera.frame_id:
-        frame_header.frame_id = camera.frame_id
-    for i, ann in enumerate(annotations):
-        r, g, b = PALETTE[i % len(PALETTE)]
-        color = ColorRGBA(r=r / 255.0, g=g / 255.0, b=b / 255.0, a=1.0)
-        pts = list(ann.region.points)
-        if len(pts) == 2 and ann.region.kind.name == "BOX":
-            (x0, y0), (x1, y1) = pts
-            pts = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
-        rays = [camera.back_project(x * sx, y * sy, depth) for x, y in pts]
-        outline = Marker(header=frame_header, ns="chatspot", id=2 * i, type=Marker.LINE_STRIP,
-                         action=Marker.ADD, color=color, lifetime=Duration(sec=0))
-        outline.pose.orientation.w = 1.0
-        outline.scale.x = 0.005 * depth
-        outline.points = [Point(x=x, y=y, z=z) for x, y, z in rays + rays[:1]] if len(rays) > 1 else []
-        if len(rays) == 1:
-            outline.type = Marker.SPHERE
-            outline.pose.position = Point(x=rays[0][0], y=rays[0][1], z=rays[0][2])
-            outline.scale.x = outline.scale.y = outline.scale.z = 0.02 * depth
-        out.markers.append(outline)
-        cx = sum(p[0] for p in rays) / len(rays)
-        top = min(p[1] for p in rays)
-        text = Marker(header=frame_header, ns="chatspot", id=2 * i + 1, type=Marker.TEXT_VIEW_FACING,
-                      action=Marker.ADD, color=color, text=ann.text[:120])
-        text.pose.position = Point(x=cx, y=top - 0.03 * depth, z=float(depth))
-        text.pose.orientation.w = 1.0
-        text.scale.z = 0.03 * depth
-        out.markers.append(text)
-    return out
+def describe_instruction(builder: InstructionBuilder, question: str, regions: Sequence[Region],
+                         size: tuple[int, int]) -> ReferringInstruction:
+    """The instruction of a describe goal: its question, else a description of its region(s), or
+    of the whole image when it names none."""
+    if question:
+        return builder.ask(question, regions, size)
+    if len(regions) == 1:
+        return builder.describe_region(regions[0], size)
+    if not regions:
+        return builder.describe_image(size)
+    return builder.ask("Describe these regions.", regions, size)

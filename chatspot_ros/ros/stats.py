@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 STAGES = ("conversion", "vision", "prefill", "decode", "total")
 
@@ -82,13 +83,6 @@ class Stats:
                                               sum(values) / len(values), max(values))
             return out
 
-    def reset(self) -> None:
-        with self._lock:
-            self._counters.clear()
-            self._stages.clear()
-            self._stage_counts.clear()
-            self._tokens.clear()
-
     def balance(self, kind: str, pending: int = 0) -> int:
         """received - (sum of outcomes + pending) for an input kind; 0 when the counts add up."""
         with self._lock:
@@ -97,5 +91,39 @@ class Stats:
         return received - outcomes - pending
 
 
-def format_counts(counters: Mapping[str, int], names: Iterable[str]) -> str:
-    return ", ".join(f"{n}={counters.get(n, 0)}" for n in names)
+class LogLimiter:
+    """At most one log line per ``period_s`` for each kind of event (its key, e.g. the counter it
+    goes with), so that a flood of one kind neither fills the log nor hides the other kinds; the
+    next line says how many were held back. The counters still count every event."""
+
+    def __init__(self, period_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._period = float(period_s)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._held: collections.Counter[str] = collections.Counter()
+
+    def allow(self, key: str) -> Optional[int]:
+        """None when this line is to be held back; else how many lines of ``key`` were held back
+        since the last one that was let through."""
+        now = self._clock()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self._period:
+                self._held[key] += 1
+                return None
+            self._last[key] = now
+            return self._held.pop(key, 0)
+
+
+def batch_timings(generations: Iterable[Any]) -> tuple[float, float]:
+    """(prefill_ms, decode_ms) of one ``ChatSpot.answer`` call, each batch counted once.
+
+    The runtime decodes a frame's prompts in batches (one per shared prompt prefix, run one after
+    another) and reports the batch's prefill and decode time on *every* Generation of that batch,
+    so summing over answers over-counts. Generations with equal ``(prefill_ms, decode_ms)`` are
+    taken as one batch; the batches' times add up.
+    """
+    batches = {(float(g.prefill_ms), float(g.decode_ms)) for g in generations}
+    return sum(p for p, _ in batches), sum(d for _, d in batches)
+

@@ -18,18 +18,25 @@ from typing import Callable, Optional
 
 class Job:
     """A unit of model work. ``run`` does it (and reports its own result); ``on_drop(reason)`` is
-    called instead when the job is dropped before it runs (queue overflow, node deactivated)."""
+    called instead when the job is dropped before it runs (queue overflow, node deactivated), and
+    ``on_fail(reason)`` (default: ``on_drop``) when ``run`` raised, so that the job's owner still
+    gets an outcome."""
 
-    def __init__(self, kind: str, run: Callable[[], None], on_drop: Callable[[str], None]) -> None:
+    def __init__(self, kind: str, run: Callable[[], None], on_drop: Callable[[str], None],
+                 on_fail: Optional[Callable[[str], None]] = None) -> None:
         self.kind = kind
         self._run = run
         self._on_drop = on_drop
+        self._on_fail = on_fail if on_fail is not None else on_drop
 
     def run(self) -> None:
         self._run()
 
     def drop(self, reason: str) -> None:
         self._on_drop(reason)
+
+    def fail(self, reason: str) -> None:
+        self._on_fail(reason)
 
 
 class InferenceWorker:
@@ -136,8 +143,15 @@ class InferenceWorker:
                 self._current = job
             try:
                 job.run()
-            except Exception as exc:  # noqa: BLE001 - reported and counted; the worker keeps serving
-                self._on_error(job, exc)
+            except Exception as exc:  # noqa: BLE001 - reported, counted, the job failed; the worker keeps serving
+                self._report(job, exc)
             finally:
                 with self._cond:
                     self._current = None
+
+    def _report(self, job: Job, exc: Exception) -> None:
+        self._on_error(job, exc)
+        try:
+            job.fail(f"internal error: {type(exc).__name__}: {exc}")
+        except Exception as fail_exc:  # noqa: BLE001 - a failing fail handler is reported too
+            self._on_error(job, fail_exc)

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from chatspot_ros.referring.conversation import ConversationTemplate, get_conversation
+from chatspot_ros.referring.geometry import ImageGeometry
 from chatspot_ros.runtime.config import FrameFeatures, Generation, GenerationConfig, RuntimeConfig
 from chatspot_ros.runtime.generation import LanguageModel, PrefixKV, generate_batch, prefill_prefix
 from chatspot_ros.runtime.loading import TORCH_DTYPES, CheckpointInfo, inspect_checkpoint, load_model
@@ -66,18 +68,20 @@ class ChatSpotRuntime:
             pad_token_id=int(pad),
             image_token_id=self.image_token_id,
         )
+        self.geometry: ImageGeometry = info.geometry  # how the model sees a frame (from the checkpoint)
+        self.conversation: ConversationTemplate = get_conversation(info.conversation)
         self._features: OrderedDict[Hashable, FrameFeatures] = OrderedDict()
         self._lock = threading.RLock()
-        self._geometry: Any = None
-        self._conversation: Any = None
 
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, config: RuntimeConfig) -> ChatSpotRuntime:
         """Load a local checkpoint folder and the vision backend the config asks for."""
-        from chatspot_ros.runtime.backends import create_vision_backend
+        from chatspot_ros.runtime.backends import check_engine_dir, create_vision_backend
 
         info = inspect_checkpoint(config)
+        if config.vision_backend != "torch":
+            check_engine_dir(config.engine_dir, info.path)  # before minutes of loading, not after
         start = time.perf_counter()
         model, tokenizer, image_processor = load_model(info, config)
         preprocess = ImagePreprocessor(image_processor, info.pad_to_square)
@@ -106,24 +110,6 @@ class ChatSpotRuntime:
         vision = self.model.config.vision_config
         n = (vision.image_size // vision.patch_size) ** 2
         return n if self.model.config.vision_feature_select_strategy == "default" else n + 1
-
-    @property
-    def geometry(self) -> Any:
-        """ImageGeometry of the checkpoint's preprocessing (chatspot_ros.referring)."""
-        if self._geometry is None:
-            from chatspot_ros.referring import ImageGeometry
-
-            self._geometry = ImageGeometry.from_checkpoint_configs(self.info.processor_config, self.info.model_config)
-        return self._geometry
-
-    @property
-    def conversation(self) -> Any:
-        """ConversationTemplate the checkpoint was trained with (chatspot_ros.referring)."""
-        if self._conversation is None:
-            from chatspot_ros.referring import get_conversation
-
-            self._conversation = get_conversation(self.conversation_name)
-        return self._conversation
 
     # ------------------------------------------------------------------ vision
     def encode(self, frame: np.ndarray, key: Hashable | None = None) -> FrameFeatures:
@@ -208,7 +194,10 @@ class ChatSpotRuntime:
                 )
                 for i, out in zip(indices, outputs):
                     results[i] = out
-            return [r for r in results if r is not None]
+            missing = [i for i, r in enumerate(results) if r is None]
+            if missing:
+                raise RuntimeError(f"internal error: no generation for prompt(s) {missing}")
+            return results  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ lifecycle
     def clear_cache(self) -> None:

@@ -190,6 +190,36 @@ class _Row:
         self.stopped = ""
 
 
+def _take_tokens(
+    active: Sequence[_Row],
+    tokens: Sequence[int],
+    eos_token_ids: frozenset[int],
+    decode_text: Callable[[list[int]], str],
+    gen: GenerationConfig,
+    on_token: Callable[[int, str], None] | None,
+) -> list[int]:
+    """Append each active row's new token (one per row, in batch order); the batch indices still decoding."""
+    keep: list[int] = []
+    for batch_index, (row, token) in enumerate(zip(active, tokens)):
+        if token in eos_token_ids:
+            row.stopped = "eos"
+            continue
+        row.ids.append(token)
+        text = decode_text(row.ids)
+        cut = _earliest_stop(text, gen.stop) if gen.stop else -1
+        if cut >= 0:
+            row.text, row.stopped = text[:cut], "stop"
+        else:
+            row.text = text
+            if len(row.ids) >= gen.max_new_tokens:
+                row.stopped = "length"
+            else:
+                keep.append(batch_index)
+        if on_token is not None:
+            on_token(row.index, row.text)
+    return keep
+
+
 def _earliest_stop(text: str, stops: Sequence[str]) -> int:
     hits = [text.find(s) for s in stops]
     hits = [h for h in hits if h >= 0]
@@ -237,24 +267,7 @@ def generate_batch(
                 row.stopped = "cancelled"
             active = []
             break
-        keep: list[int] = []
-        for batch_index, (row, token) in enumerate(zip(active, next_ids.tolist())):
-            if token in lm.eos_token_ids:
-                row.stopped = "eos"
-                continue
-            row.ids.append(token)
-            text = decode_text(row.ids)
-            cut = _earliest_stop(text, gen.stop) if gen.stop else -1
-            if cut >= 0:
-                row.text, row.stopped = text[:cut], "stop"
-            else:
-                row.text = text
-                if len(row.ids) >= gen.max_new_tokens:
-                    row.stopped = "length"
-                else:
-                    keep.append(batch_index)
-            if on_token is not None:
-                on_token(row.index, row.text)
+        keep = _take_tokens(active, next_ids.tolist(), lm.eos_token_ids, decode_text, gen, on_token)
         if len(keep) == 0:
             active = []
             break

@@ -14,9 +14,11 @@ from typing import Any
 
 import torch
 
+from chatspot_ros.referring.conversation import CONVERSATIONS
+from chatspot_ros.referring.dialects import DIALECTS
+from chatspot_ros.referring.geometry import ImageGeometry, ResizeMode, processor_pads_to_square
 from chatspot_ros.runtime.config import RuntimeConfig
 from chatspot_ros.runtime.projector import (
-    LINEAR_PROJECTOR_KEYS,
     load_projector_strict,
     make_linear_projector,
     projector_type_of,
@@ -46,7 +48,8 @@ class CheckpointInfo:
     projector_type: str  # "mlp2x_gelu" | "linear"
     default_dialect: str
     conversation: str
-    pad_to_square: bool
+    geometry: ImageGeometry  # how the model sees a frame (Φ normalizes against it)
+    pad_to_square: bool  # the runtime pads frames itself (geometry is PAD, the processor does not pad)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -60,7 +63,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def inspect_checkpoint(config: RuntimeConfig) -> CheckpointInfo:
-    """Check the folder's files and read the family, dialect and template defaults from them."""
+    """Check the folder's files and read the family, dialect, template and geometry defaults from them."""
     path = Path(config.model_path).expanduser()
     if not path.exists():
         raise FileNotFoundError(
@@ -84,17 +87,7 @@ def inspect_checkpoint(config: RuntimeConfig) -> CheckpointInfo:
         raise ValueError(
             f"{config_path} asks for custom code (auto_map); it is not run unless trust_remote_code=True"
         )
-
-    safetensors = sorted(path.glob("*.safetensors"))
-    pickles = sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
-    if not safetensors and not pickles:
-        raise FileNotFoundError(f"{path} holds no weights (*.safetensors)")
-    if not safetensors and config.safetensors_only:
-        raise ValueError(
-            f"{path} only has pickle weights ({', '.join(p.name for p in pickles)}); pickle files can run code "
-            "when loaded. Convert them to safetensors (load with torch.load(weights_only=True) and "
-            "save_pretrained(safe_serialization=True)) or set safetensors_only=False if you trust them."
-        )
+    weight_files = _weight_files(path, config.safetensors_only)
     if not ((path / "tokenizer.json").is_file() or (path / "tokenizer.model").is_file()):
         raise FileNotFoundError(f"{path} has no tokenizer (tokenizer.json or tokenizer.model)")
     processor_path = path / "preprocessor_config.json"
@@ -103,25 +96,58 @@ def inspect_checkpoint(config: RuntimeConfig) -> CheckpointInfo:
     processor_config = _read_json(processor_path)
 
     projector_type = projector_type_of(model_config)
-    family = "chatspot" if projector_type == "linear" else "llava"
-    family = str(model_config.get("chatspot_family", family))
-    if family not in FAMILY_DIALECT:
-        raise ValueError(f"{config_path}: chatspot_family must be one of {', '.join(FAMILY_DIALECT)}")
-    dialect = str(model_config.get("chatspot_dialect", FAMILY_DIALECT[family]))
-    conversation = str(model_config.get("chatspot_conversation", FAMILY_CONVERSATION[family]))
-    aspect = model_config.get("image_aspect_ratio", "square")
-    pad = aspect == "pad" and not processor_config.get("do_pad", False)  # the processor may pad itself
+    family, dialect, conversation = _family_defaults(model_config, projector_type, config_path)
+    try:
+        geometry = ImageGeometry.from_checkpoint_configs(processor_config, model_config)
+    except ValueError as err:
+        raise ValueError(f"{path}: unsupported image preprocessing: {err}") from None
     return CheckpointInfo(
         path=path,
         model_config=model_config,
         processor_config=processor_config,
-        weight_files=tuple(safetensors) if safetensors else tuple(pickles),
+        weight_files=weight_files,
         family=family,
         projector_type=projector_type,
         default_dialect=dialect,
         conversation=conversation,
-        pad_to_square=pad,
+        geometry=geometry,
+        # One source of truth with Φ: the pixels are padded exactly when the geometry the region
+        # coordinates are normalized against says the model sees a padded square.
+        pad_to_square=geometry.mode is ResizeMode.PAD and not processor_pads_to_square(processor_config),
     )
+
+
+def _family_defaults(model_config: dict[str, Any], projector_type: str, config_path: Path) -> tuple[str, str, str]:
+    """(family, default dialect, conversation template): from the projector, overridable in config.json."""
+    family = str(model_config.get("chatspot_family", "chatspot" if projector_type == "linear" else "llava"))
+    if family not in FAMILY_DIALECT:
+        raise ValueError(f"{config_path}: chatspot_family must be one of {', '.join(FAMILY_DIALECT)}")
+    dialect = str(model_config.get("chatspot_dialect", FAMILY_DIALECT[family]))
+    if dialect not in DIALECTS:
+        raise ValueError(f"{config_path}: chatspot_dialect {dialect!r} is not one of {', '.join(DIALECTS)}")
+    conversation = str(model_config.get("chatspot_conversation", FAMILY_CONVERSATION[family]))
+    if conversation not in CONVERSATIONS:
+        raise ValueError(
+            f"{config_path}: chatspot_conversation {conversation!r} is not one of {', '.join(CONVERSATIONS)}"
+        )
+    return family, dialect, conversation
+
+
+def _weight_files(path: Path, safetensors_only: bool) -> tuple[Path, ...]:
+    """The checkpoint's weight files: safetensors, or pickles only when they are allowed."""
+    safetensors = sorted(path.glob("*.safetensors"))
+    if safetensors:
+        return tuple(safetensors)
+    pickles = sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if not pickles:
+        raise FileNotFoundError(f"{path} holds no weights (*.safetensors)")
+    if safetensors_only:
+        raise ValueError(
+            f"{path} only has pickle weights ({', '.join(p.name for p in pickles)}); pickle files can run code "
+            "when loaded. Convert them to safetensors (load with torch.load(weights_only=True) and "
+            "save_pretrained(safe_serialization=True)) or set safetensors_only=False if you trust them."
+        )
+    return tuple(pickles)
 
 
 def _projector_tensors(weight_files: tuple[Path, ...]) -> dict[str, torch.Tensor]:
@@ -176,9 +202,8 @@ def load_model(info: CheckpointInfo, config: RuntimeConfig) -> tuple[Any, Any, A
     if linear:
         projector = make_linear_projector(model.config)
         tensors = _projector_tensors(tuple(p for p in info.weight_files if p.suffix == ".safetensors"))
-        load_projector_strict(projector, tensors, str(info.path))
+        load_projector_strict(projector, tensors, str(info.path))  # every key, every shape
         model.model.multi_modal_projector = projector.to(dtype)
-        assert set(projector.state_dict()) == set(LINEAR_PROJECTOR_KEYS)
     model = model.to(device).eval()
 
     tokenizer = AutoTokenizer.from_pretrained(

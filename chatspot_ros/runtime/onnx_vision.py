@@ -11,6 +11,7 @@ import copy
 import hashlib
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -74,6 +75,16 @@ def _fp32_cpu_copy(encoder: VisionEncoder) -> VisionEncoder:
     return clone.eval()
 
 
+def _read_sidecar(sidecar: Path) -> dict[str, object]:
+    """A sidecar's record; an unreadable or damaged one reads as empty (it then matches nothing)."""
+    try:
+        record = json.loads(sidecar.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        LOGGER.warning("cannot read %s (%s); treating it as stale", sidecar, err)
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def export_vision_onnx(encoder: VisionEncoder, engine_dir: str | Path, *, encoder_hash: str | None = None,
                        force: bool = False) -> OnnxArtifact:
     """Export (or reuse) the fp32 ONNX graph of ``encoder`` under ``engine_dir/onnx``."""
@@ -85,7 +96,7 @@ def export_vision_onnx(encoder: VisionEncoder, engine_dir: str | Path, *, encode
     sidecar = path.with_suffix(".json")
     expected = {"model_hash": digest, "opset": OPSET, "torch_version": torch.__version__, "image_size": size}
     if not force and path.is_file() and sidecar.is_file():
-        recorded = json.loads(sidecar.read_text())
+        recorded = _read_sidecar(sidecar)
         if all(recorded.get(k) == v for k, v in expected.items()) and recorded.get("onnx_hash") == sha256_file(path):
             return OnnxArtifact(path=path, onnx_hash=recorded["onnx_hash"], **expected)  # type: ignore[arg-type]
         LOGGER.warning("re-exporting %s: its sidecar does not match this model/torch/opset", path.name)
@@ -107,8 +118,28 @@ def export_vision_onnx(encoder: VisionEncoder, engine_dir: str | Path, *, encode
     return artifact
 
 
-def compare_with_torch(backend: VisionBackend, encoder: VisionEncoder, image_size: int, seed: int = 0) -> float:
-    """Max abs difference between a backend and the eager encoder on one random input (logged)."""
+@dataclass(frozen=True)
+class BackendDelta:
+    """How far a vision backend's features are from the eager torch encoder's on one input."""
+
+    max_abs: float  # max |backend - torch| (inf when either holds a NaN or an inf)
+    reference_max: float  # max |torch|: the scale the difference is judged against
+
+    @property
+    def relative(self) -> float:
+        """max_abs as a fraction of the largest reference feature (fp16 rounding is relative)."""
+        if not math.isfinite(self.max_abs):
+            return math.inf
+        return self.max_abs / max(self.reference_max, 1e-12)
+
+    def __str__(self) -> str:
+        return (f"max abs difference {self.max_abs:.3g} ({self.relative:.3g} of the largest feature, "
+                f"{self.reference_max:.3g})")
+
+
+def compare_with_torch(backend: VisionBackend, encoder: VisionEncoder, image_size: int,
+                       seed: int = 0) -> BackendDelta:
+    """A backend against the eager encoder on one random input (logged once at INFO)."""
     generator = torch.Generator().manual_seed(seed)
     pixel_values = torch.randn((1, 3, image_size, image_size), generator=generator)
     with torch.inference_mode():
@@ -117,8 +148,11 @@ def compare_with_torch(backend: VisionBackend, encoder: VisionEncoder, image_siz
     got = backend.run(pixel_values).float().cpu()
     if got.shape != reference.shape:
         raise ValueError(f"{backend.name} returns {tuple(got.shape)}, torch returns {tuple(reference.shape)}")
-    delta = float((got - reference).abs().max())
-    LOGGER.info("vision backend %s vs torch: max abs difference %.3g", backend.name, delta)
+    diff = (got - reference).abs()
+    finite = bool(torch.isfinite(diff).all())
+    delta = BackendDelta(max_abs=float(diff.max()) if finite else math.inf,
+                         reference_max=float(reference.abs().max()) if finite else math.nan)
+    LOGGER.info("vision backend %s vs torch: %s", backend.name, delta)
     return delta
 
 
@@ -143,6 +177,11 @@ class OnnxRuntimeVisionBackend(VisionBackend):
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=providers)
+        in_use = self.session.get_providers()
+        if device.type == "cuda" and (not in_use or in_use[0] != "CUDAExecutionProvider"):
+            # onnxruntime drops a provider it cannot start (missing CUDA/cuDNN libraries) with only a
+            # log line and runs on the CPU; an explicit CUDA backend must not do that silently.
+            raise RuntimeError(f"onnxruntime could not start its CUDAExecutionProvider (providers in use: {in_use})")
         inputs = self.session.get_inputs()
         if [i.name for i in inputs] != [INPUT_NAME]:
             raise ValueError(f"{onnx_path} has inputs {[i.name for i in inputs]}, expected [{INPUT_NAME!r}]")

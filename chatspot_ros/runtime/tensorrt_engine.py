@@ -14,6 +14,7 @@ and never deserialized.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -46,6 +47,12 @@ def import_tensorrt() -> Any:
             "vision_backend 'onnxruntime' / 'torch'"
         ) from err
     return tensorrt
+
+
+@functools.lru_cache(maxsize=None)
+def trt_logger(trt: Any) -> Any:
+    """One trt.Logger per process, shared by builder and runtime (TensorRT warns about a second one)."""
+    return trt.Logger(trt.Logger.WARNING)
 
 
 def gpu_sm(device: torch.device) -> str:
@@ -94,6 +101,12 @@ def engine_paths(engine_dir: str | Path, key: EngineKey) -> tuple[Path, Path]:
     """(engine file, JSON sidecar) for a key."""
     folder = Path(engine_dir)
     return folder / f"{key.stem}.engine", folder / f"{key.stem}.json"
+
+
+def engines_for_model(engine_dir: str | Path, model_hash: str) -> list[Path]:
+    """Engine files built from this model's vision weights (for any key), without reading the ONNX."""
+    folder = Path(engine_dir)
+    return sorted(folder.glob(f"vision-{model_hash[:12]}-*.engine")) if folder.is_dir() else []
 
 
 def find_engine(engine_dir: str | Path, key: EngineKey) -> Path:
@@ -161,10 +174,10 @@ def build_engine(onnx: OnnxArtifact, key: EngineKey, engine_dir: str | Path, *, 
                  progress: bool = True) -> Path:
     """Build a serialized engine from the ONNX graph with the TensorRT 10 builder API and store it."""
     trt = import_tensorrt()
-    trt_logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(trt_logger)
+    logger = trt_logger(trt)
+    builder = trt.Builder(logger)
     network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
-    parser = trt.OnnxParser(network, trt_logger)
+    parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx.path.read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RuntimeError(f"TensorRT could not parse {onnx.path}: {errors}")
@@ -180,9 +193,8 @@ def build_engine(onnx: OnnxArtifact, key: EngineKey, engine_dir: str | Path, *, 
     config.add_optimization_profile(profile)
 
     timing_path = Path(engine_dir) / f"timing-{key.tensorrt_version}-{key.gpu_sm}.cache"
-    timing_cache = config.create_timing_cache(timing_path.read_bytes() if timing_path.is_file() else b"")
-    config.set_timing_cache(timing_cache, False)
-    monitor = _progress_monitor(trt) if progress else None
+    _use_timing_cache(config, timing_path)
+    monitor = _progress_monitor(trt) if progress else None  # must outlive the build (TensorRT's rule)
     if monitor is not None:
         config.progress_monitor = monitor
 
@@ -192,12 +204,33 @@ def build_engine(onnx: OnnxArtifact, key: EngineKey, engine_dir: str | Path, *, 
     if serialized is None:
         raise RuntimeError("TensorRT build_serialized_network failed; see the TensorRT log above")
     timing_path.parent.mkdir(parents=True, exist_ok=True)
-    timing_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+    timing_tmp = timing_path.with_suffix(".cache.tmp")
+    timing_tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
+    timing_tmp.replace(timing_path)
     path = write_engine(engine_dir, key, bytes(serialized),
                         {"onnx_file": onnx.path.name, "build_seconds": round(time.perf_counter() - start, 1),
                          "workspace_gib": workspace_gib})
     LOGGER.info("engine %s built in %.0f s", path, time.perf_counter() - start)
     return path
+
+
+def _use_timing_cache(config: Any, timing_path: Path) -> None:
+    """Give the builder the timing cache of earlier builds (same TensorRT and SM), or a fresh one.
+
+    ``create_timing_cache`` / ``set_timing_cache`` report a cache they cannot use (another TensorRT
+    build, damaged bytes) by returning None / False; the build then starts from an empty cache.
+    """
+    data = timing_path.read_bytes() if timing_path.is_file() else b""
+    try:
+        cache = config.create_timing_cache(data)
+    except (RuntimeError, TypeError, ValueError) as err:  # damaged bytes may raise instead
+        LOGGER.warning("TensorRT cannot read the timing cache %s: %s", timing_path, err)
+        cache = None
+    if cache is not None and config.set_timing_cache(cache, False):
+        return
+    LOGGER.warning("TensorRT did not accept the timing cache %s; building with an empty one", timing_path)
+    if not config.set_timing_cache(config.create_timing_cache(b""), False):
+        raise RuntimeError("TensorRT refused an empty timing cache")
 
 
 def _progress_monitor(trt: Any) -> Any:
@@ -243,14 +276,15 @@ class TensorRTVisionBackend(VisionBackend):
         super().__init__(preprocess, device, dtype)
         trt = import_tensorrt()
         self._trt = trt
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._logger)
+        self._runtime = trt.Runtime(trt_logger(trt))
         self.engine = self._runtime.deserialize_cuda_engine(engine_path.read_bytes())
         if self.engine is None:
             raise StaleEngineError(f"TensorRT could not deserialize {engine_path}; rebuild it")
         self.key = key
         self._check_io()
         self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise RuntimeError(f"TensorRT could not create an execution context for {engine_path} (GPU memory?)")
 
     def _check_io(self) -> None:
         trt, engine, key = self._trt, self.engine, self.key

@@ -15,22 +15,31 @@ import numpy as np
 import torch
 from torch import nn
 
+from chatspot_ros.referring.geometry import square_padding
+
 LOGGER = logging.getLogger("chatspot_ros.runtime")
+CHANNELS_LAST = "channels_last"  # transformers' ChannelDimension.LAST: frames are (H, W, 3)
 
 
 class ImagePreprocessor:
     """The checkpoint's preprocessing: optional pad-to-square with the mean colour, then the HF processor.
 
-    ``image_aspect_ratio == "pad"`` in config.json (original LLaVA-1.5 and ChatSpot-style checkpoints)
-    pads the frame to a square, centred, with ``tuple(int(255 * m) for m in image_mean)`` like
-    LLaVA's ``expand2square``; the HF image processor then resizes and normalizes.
+    ``pad_to_square`` comes from the checkpoint's ImageGeometry (see ``loading.inspect_checkpoint``):
+    original LLaVA-1.5 and ChatSpot-style checkpoints (``image_aspect_ratio: "pad"``) pad the frame
+    to a centred square with ``tuple(int(255 * m) for m in image_mean)`` like LLaVA's
+    ``expand2square``; the HF image processor then resizes and normalizes.
+
+    Frames are always H x W x 3 (channels last), and the processor is told so: left to guess, it
+    reads a 3 x 3 x 3 or 4 x 4 x 3 frame (any frame 1, 3 or 4 pixels high) as channels first.
     """
 
     def __init__(self, image_processor: object, pad_to_square: bool) -> None:
         self.image_processor = image_processor
         self.pad_to_square = pad_to_square
-        mean = getattr(image_processor, "image_mean", None) or (0.0, 0.0, 0.0)
-        self.background = tuple(int(255 * m) for m in mean)
+        mean = getattr(image_processor, "image_mean", None)
+        if pad_to_square and not mean:
+            raise ValueError("pad-to-square needs the image processor's image_mean (the padding colour)")
+        self.background = tuple(int(255 * m) for m in mean) if mean else (0, 0, 0)
 
     @staticmethod
     def check_frame(frame: np.ndarray) -> None:
@@ -44,18 +53,14 @@ class ImagePreprocessor:
             raise ValueError(f"a frame must not be empty, got shape {frame.shape}")
 
     def expand_to_square(self, frame: np.ndarray) -> np.ndarray:
+        """(H, W, 3) -> (S, S, 3), S = max(H, W), the frame centred on the mean colour."""
         height, width = frame.shape[:2]
         if height == width:
             return frame
-        side = max(height, width)
+        pad_x, pad_y, side = square_padding(width, height)
         square = np.empty((side, side, 3), dtype=np.uint8)
         square[...] = np.asarray(self.background, dtype=np.uint8)
-        if width > height:
-            top = (width - height) // 2
-            square[top:top + height, :, :] = frame
-        else:
-            left = (height - width) // 2
-            square[:, left:left + width, :] = frame
+        square[pad_y:pad_y + height, pad_x:pad_x + width, :] = frame
         return square
 
     def __call__(self, frames: Sequence[np.ndarray]) -> torch.Tensor:
@@ -64,7 +69,9 @@ class ImagePreprocessor:
         for frame in frames:
             self.check_frame(frame)
             images.append(self.expand_to_square(frame) if self.pad_to_square else frame)
-        out = self.image_processor(images=images, return_tensors="pt")  # type: ignore[operator]
+        out = self.image_processor(  # type: ignore[operator]
+            images=images, return_tensors="pt", input_data_format=CHANNELS_LAST
+        )
         return out["pixel_values"].float()
 
 

@@ -16,6 +16,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 PRESETS: tuple[str, ...] = ("tiny", "small", "llava7b")
 PROJECTORS: tuple[str, ...] = ("mlp2", "chatspot")
@@ -125,7 +126,7 @@ def _trained_tokenizer_json(vocab_size: int, seed: int) -> str:
     return tok.to_str()
 
 
-def build_tokenizer(vocab_size: int, seed: int = 0):  # -> PreTrainedTokenizerFast
+def build_tokenizer(vocab_size: int, seed: int = 0) -> Any:  # PreTrainedTokenizerFast
     """A byte-level BPE (digits split one by one, like LLaMA) wrapped as a transformers fast tokenizer."""
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
@@ -145,7 +146,8 @@ def build_tokenizer(vocab_size: int, seed: int = 0):  # -> PreTrainedTokenizerFa
     )
 
 
-def _llava_config(shapes: _Shapes, vocab_size: int, special: dict[str, int], projector: str, image_mode: str):
+def _llava_config(shapes: _Shapes, vocab_size: int, special: dict[str, int], projector: str,
+                  image_mode: str) -> Any:  # LlavaConfig
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
     n_image_tokens = (shapes.image_size // 14) ** 2
@@ -192,7 +194,7 @@ def _llava_config(shapes: _Shapes, vocab_size: int, special: dict[str, int], pro
     )
 
 
-def _image_processor(image_size: int, image_mode: str):
+def _image_processor(image_size: int) -> Any:  # CLIPImageProcessorPil
     from transformers import CLIPImageProcessorPil
 
     # "pad": LLaVA-1.5 pads to a square with the mean colour (the runtime does that, reading
@@ -279,7 +281,7 @@ def build_tiny_llava(
     model.generation_config.do_sample = False
     model.save_pretrained(out, safe_serialization=True)
 
-    image_processor = _image_processor(shapes.image_size, image_mode)
+    image_processor = _image_processor(shapes.image_size)
     processor = LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,

@@ -181,31 +181,29 @@ def test_box_with_max_below_min_is_rejected(a: float, b: float, y: float) -> Non
         Region.box(y, hi, y + 1, lo)
 
 
-@PROPERTY_SETTINGS
-@given(size=image_sizes, u=st.floats(0.5001, 50.0), v=unit, side=st.sampled_from(["left", "right", "top", "bottom"]))
-def test_points_far_outside_the_image_are_rejected(size: tuple[int, int], u: float, v: float, side: str) -> None:
-    width, height = size
-    outside = {
+def _outside(width: int, height: int, u: float, v: float, side: str) -> tuple[float, float]:
+    """A point u image sizes beyond one side of the image, at fraction v along that side."""
+    return {
         "left": (-u * width, v * height),
         "right": ((1 + u) * width, v * height),
         "top": (v * width, -u * height),
         "bottom": (v * width, (1 + u) * height),
     }[side]
+
+
+@PROPERTY_SETTINGS
+@given(size=image_sizes, u=st.floats(0.5001, 50.0), v=unit, side=st.sampled_from(["left", "right", "top", "bottom"]))
+def test_points_far_outside_the_image_are_rejected(size: tuple[int, int], u: float, v: float, side: str) -> None:
+    width, height = size
     with pytest.raises(ValueError, match="outside"):
-        clip_region(Region.point(*outside), width, height)
+        clip_region(Region.point(*_outside(width, height, u, v, side)), width, height)
 
 
 @PROPERTY_SETTINGS
 @given(size=image_sizes, u=st.floats(1e-3, 0.5), v=unit, side=st.sampled_from(["left", "right", "top", "bottom"]))
 def test_points_slightly_outside_are_clipped_and_reported(size: tuple[int, int], u: float, v: float, side: str) -> None:
     width, height = size
-    outside = {
-        "left": (-u * width, v * height),
-        "right": ((1 + u) * width, v * height),
-        "top": (v * width, -u * height),
-        "bottom": (v * width, (1 + u) * height),
-    }[side]
-    result = clip_region(Region.point(*outside), width, height)
+    result = clip_region(Region.point(*_outside(width, height, u, v, side)), width, height)
     (x, y), = result.region.points
     assert 0 <= x <= width and 0 <= y <= height
     assert result.clipped and "clipped" in result.message

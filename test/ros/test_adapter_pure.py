@@ -1,4 +1,4 @@
-"""ROS-free parts of the adapter: the config table, stats, the worker's queues, drawing."""
+"""ROS-free parts of the adapter: the config table, stats, the worker's queues, drawing, diagnostics."""
 from __future__ import annotations
 
 import threading
@@ -15,7 +15,8 @@ from chatspot_ros.ros.config import (
     changes_allowed,
 )
 from chatspot_ros.ros.drawing import Annotation, draw_annotations, scaled_size
-from chatspot_ros.ros.stats import Stats
+from chatspot_ros.ros.pending import Outcome, PendingRequest
+from chatspot_ros.ros.stats import LogLimiter, Stats, batch_timings
 from chatspot_ros.ros.worker import InferenceWorker, Job
 
 
@@ -82,6 +83,37 @@ def test_stats_balance() -> None:
     assert stats.tokens_per_s() == pytest.approx(20.0)
 
 
+def test_batch_timings_count_each_batch_once() -> None:
+    class Gen:
+        def __init__(self, prefill_ms: float, decode_ms: float) -> None:
+            self.prefill_ms, self.decode_ms = prefill_ms, decode_ms
+
+    # Three answers of one batch carry the batch's times; a fourth prompt decoded in a second batch.
+    one_batch = [Gen(40.0, 200.0)] * 3
+    assert batch_timings(one_batch) == (40.0, 200.0)
+    assert batch_timings(one_batch + [Gen(5.0, 70.0)]) == (45.0, 270.0)
+    assert batch_timings([]) == (0.0, 0.0)
+
+
+def test_log_limiter_is_per_kind_and_reports_what_it_held_back() -> None:
+    now = [0.0]
+    limiter = LogLimiter(2.0, clock=lambda: now[0])
+    assert limiter.allow("images.rejected") == 0
+    assert limiter.allow("images.rejected") is None and limiter.allow("images.rejected") is None
+    assert limiter.allow("detections.dropped") == 0  # another kind is not hidden by the flood
+    now[0] = 2.5
+    assert limiter.allow("images.rejected") == 2
+
+
+def test_a_pending_request_is_counted_once() -> None:
+    stats = Stats()
+    request = PendingRequest(stats, "requests", stop_check=lambda: "cancelled")
+    assert request.should_stop() and request.stop_reason == "cancelled"
+    assert request.finish("served", Outcome(True, ""))
+    assert not request.finish("failed", Outcome(False, "late"))
+    assert stats.counters() == {"requests.served": 1} and request.outcome.success
+
+
 class Recorder:
     def __init__(self) -> None:
         self.ran: list[str] = []
@@ -117,6 +149,7 @@ def test_worker_serves_requests_first_and_keeps_the_newest_stream_jobs() -> None
         time.sleep(0.01)
     assert rec.ran == ["blocker", "r1", "s2", "s3"]
     assert rec.errors == ["bug"]
+    assert ("bad", "internal error: RuntimeError: bug") in rec.dropped  # a raising job still gets an outcome
     worker.submit_stream(rec.job("s4", block=True))
     worker.submit_request(rec.job("r5"))
     assert worker.stop("deactivated")
@@ -136,3 +169,31 @@ def test_drawing_does_not_touch_the_frame_and_scales_down() -> None:
     assert draw_annotations(frame, [], max_width=0).shape == (480, 640, 3)
     assert scaled_size(1920, 1080, 1280) == (960, 540, 0.5)
     assert scaled_size(640, 480, 1280) == (640, 480, 1.0)
+
+
+def test_diagnostics_statuses_from_a_snapshot() -> None:
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    from chatspot_ros.ros.diagnostics import NodeSnapshot, build_statuses
+
+    stats = Stats()
+    stats.incr("images.received", 3)
+    stats.incr("images.buffered", 2)
+    stats.incr("images.rejected")
+    stats.observe("decode", 10.0)
+    snapshot = NodeSnapshot(
+        name="/ns/agent", state="active", model_info={"model": "tiny", "device": "cpu"}, last_error="",
+        counters=stats.counters(), stages=stats.stages(), tokens_per_s=12.0, frames_buffered=2,
+        frames_capacity=30, newest_stamp_ns=5_000_000_001, queue_requests=1, queue_detections=0,
+        worker_busy=True, task="pick")
+    model, inputs, requests, latency = build_statuses(snapshot)
+    values = {s.name: {kv.key: kv.value for kv in s.values} for s in (model, inputs, requests, latency)}
+    assert model.name == "/ns/agent: model" and model.level == DiagnosticStatus.OK
+    assert values["/ns/agent: model"]["model"] == "tiny" and values["/ns/agent: model"]["family"] == ""
+    assert inputs.level == DiagnosticStatus.WARN  # an image was rejected
+    assert values["/ns/agent: inputs"]["images.received"] == "3"
+    assert values["/ns/agent: inputs"]["frames.newest_stamp"] == "5.000000001"
+    assert values["/ns/agent: requests"]["queue.requests"] == "1" and requests.level == DiagnosticStatus.OK
+    assert values["/ns/agent: latency"]["decode.mean_ms"] == "10.00" and latency.message == "no answers yet"
+    failed = build_statuses(NodeSnapshot(**{**snapshot.__dict__, "last_error": "boom", "state": "unconfigured"}))
+    assert failed[0].level == DiagnosticStatus.ERROR and failed[0].message == "boom"

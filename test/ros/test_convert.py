@@ -154,3 +154,72 @@ def test_check_request_limits() -> None:
     with pytest.raises(ValueError, match="exceeds the limit 100"):
         convert.check_request(Time(), [], "q", 101, **limits)
     assert convert.check_request(Time(), [], "", 0, require_question=False, **limits).question == ""
+
+
+def test_detections_to_regions_sorts_caps_and_reports() -> None:
+    dets = [det(10, 10, 4, 4, "low", hyps=(("a", 0.2),)), det(math.nan, 1, 1, 1, "bad"),
+            det(20, 20, 4, 4, "high", hyps=(("b", 0.9),)), det(30, 30, 4, 4, "mid", hyps=(("c", 0.5),))]
+    regions, errors, overflow = convert.detections_to_regions(dets, 2)
+    assert [r.region.id for r in regions] == ["high", "mid"] and overflow == 1
+    assert len(errors) == 1 and "detection 1 ('bad')" in errors[0]
+    assert convert.detections_to_regions([], 4) == ([], [], 0)
+
+
+def test_click_to_pixel_in_every_frame() -> None:
+    camera = convert.camera_from_info(CameraInfo(
+        header=header(frame_id="optical"), width=160, height=120, distortion_model="plumb_bob", d=[0.0] * 5,
+        k=[100.0, 0.0, 80.0, 0.0, 100.0, 60.0, 0.0, 0.0, 1.0]))
+    assert convert.click_to_pixel((12.0, 34.0, 0.0), "", "optical", None) == (12.0, 34.0)  # rqt_image_view
+    assert convert.click_to_pixel((0.2, -0.1, 1.0), "optical", "optical", camera) == pytest.approx((100.0, 50.0))
+    moved = convert.click_to_pixel((9.0, 9.0, 9.0), "map", "optical", camera, transform=lambda target: (0.0, 0.0, 2.0))
+    assert moved == (80.0, 60.0)
+    with pytest.raises(ValueError, match="no camera_info"):
+        convert.click_to_pixel((0.2, 0.1, 1.0), "map", "optical", None)
+    with pytest.raises(ValueError, match="without tf2"):
+        convert.click_to_pixel((0.2, 0.1, 1.0), "map", "optical", camera)
+    with pytest.raises(ValueError, match="non-finite"):
+        convert.click_to_pixel((math.nan, 0.0, 0.0), "", "optical", camera)
+    with pytest.raises(ValueError, match="not in front"):
+        convert.click_to_pixel((0.0, 0.0, -1.0), "optical", "optical", camera)
+
+
+def test_markers_carry_the_image_stamp_in_the_camera_frame() -> None:
+    from chatspot_ros.ros.drawing import Annotation
+
+    camera = convert.camera_from_info(CameraInfo(
+        header=header(frame_id="optical"), width=160, height=120, k=[100.0, 0.0, 80.0, 0.0, 100.0, 60.0, 0.0, 0.0, 1.0]))
+    image_header = header(9, 1, "camera_link")
+    markers = convert.markers_from_annotations(
+        image_header, camera, [Annotation(Region.box(0, 0, 80, 60), "box"), Annotation(Region.point(80, 60), "pt")],
+        2.0, 160, 120).markers
+    assert [m.action for m in markers][:1] == [markers[0].DELETEALL] and len(markers) == 5
+    assert all((m.header.stamp.sec, m.header.stamp.nanosec, m.header.frame_id) == (9, 1, "optical") for m in markers)
+    assert all(m.header is not image_header for m in markers)
+    outline, text = markers[1], markers[2]
+    assert outline.type == outline.LINE_STRIP and len(outline.points) == 5  # closed rectangle
+    assert (outline.points[0].x, outline.points[0].y, outline.points[0].z) == pytest.approx((-1.6, -1.2, 2.0))
+    assert text.text == "box" and markers[3].type == markers[3].SPHERE
+
+
+def test_every_parameter_descriptor_has_its_type_range_and_description() -> None:
+    from rcl_interfaces.msg import ParameterType
+
+    from chatspot_ros.ros.config import PARAMETERS
+
+    types = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
+             float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING}
+    for spec in PARAMETERS:
+        descriptor = convert.parameter_descriptor(spec)
+        assert descriptor.name == spec.name and descriptor.description == spec.description
+        assert descriptor.type == types[type(spec.default)]
+        assert descriptor.read_only == (spec.when == "startup"), spec.name
+        if type(spec.default) is int:
+            (r,) = descriptor.integer_range
+            assert r.from_value <= spec.default <= r.to_value, spec.name
+        elif type(spec.default) is float:
+            (r,) = descriptor.floating_point_range
+            assert r.from_value <= spec.default <= r.to_value, spec.name
+        else:
+            assert not descriptor.integer_range and not descriptor.floating_point_range
+        for choice in spec.choices:
+            assert repr(choice) in descriptor.additional_constraints

@@ -1,4 +1,4 @@
-"""config/agent.yaml, the launch file and the node's declared parameters line up (no rclpy.init).
+"""config/agent.yaml, the launch file, docs/node.md and the node's parameters line up (no rclpy.init).
 
 launch_ros is not on PyPI: the launch file is parsed, not run; its tables of arguments are
 checked against the node's parameter table. Where launch_ros is installed, it is also built.
@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from chatspot_ros.ros.config import PARAMETERS, PARAMETERS_BY_NAME, AgentConfig
 REPO = Path(__file__).resolve().parents[2]
 LAUNCH_FILE = REPO / "launch" / "agent.launch.py"
 PARAMS_FILE = REPO / "config" / "agent.yaml"
+NODE_DOC = REPO / "docs" / "node.md"
 
 
 def launch_tables() -> dict[str, object]:
@@ -41,6 +44,19 @@ def test_the_params_file_sets_exactly_the_declared_parameters_with_their_default
         assert type(value) is type(default) and value == default, name
     config = AgentConfig.from_parameters(params)
     assert config == AgentConfig.defaults()
+
+
+def test_the_node_doc_lists_every_parameter_with_its_default_and_when_it_applies() -> None:
+    rows = {m.group(1): (m.group(2), m.group(3).strip(), m.group(4))
+            for m in re.finditer(r"^\| `([^`]+)` \| `([^`]*)` \| ([^|]+) \| (.*) \|$", NODE_DOC.read_text(), re.M)}
+    when = {"always": "at once", "activate": "next activation", "configure": "next configure",
+            "startup": "start-up only"}
+    assert set(rows) == set(PARAMETERS_BY_NAME)
+    for spec in PARAMETERS:
+        default, applies, description = rows[spec.name]
+        assert default == json.dumps(spec.default), spec.name
+        assert applies == when[spec.when], spec.name
+        assert description.startswith(spec.description), spec.name
 
 
 def test_the_launch_file_compiles_and_its_arguments_match_the_node() -> None:

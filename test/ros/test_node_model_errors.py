@@ -117,3 +117,31 @@ def test_model_exceptions_and_oom_fail_the_request_not_the_node(node_and_model) 
     node.trigger_deactivate()
     node.trigger_cleanup()
     assert fake.runtime.closed
+
+
+def test_a_bug_in_a_request_handler_fails_that_request_with_a_reason(node_and_model) -> None:
+    node, fake = node_and_model
+    node.trigger_activate()
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise KeyError("bug")
+
+    node._prepare_request = broken  # type: ignore[method-assign]
+    with RosClient(NAMESPACE) as client:
+        response = client.call(AskRegion, "ask", AskRegion.Request(question="What?"))
+        assert not response.success and response.message == "internal error: KeyError: 'bug'"
+        action = client.action_client(Describe, "describe")
+        handle = client.wait_future(action.send_goal_async(Describe.Goal(question="What?")), 10)
+        result = client.wait_future(handle.get_result_async(), 10)
+        assert result.status == GoalStatus.STATUS_ABORTED and "internal error" in result.result.message
+    assert node.stats.get("internal.errors") == 2 and node.stats.get("requests.failed") == 2
+    assert node.stats.balance("requests") == 0
+
+
+def test_stage_times_count_a_shared_decode_batch_once(node_and_model) -> None:
+    node, _ = node_and_model
+    batch = Generation("x", 3, 40.0, 200.0, "eos")  # three answers decoded as one batch
+    node._observe_answers([RegionAnswer(None, "p", "x", batch, 7.0) for _ in range(3)], 0.5)
+    stages = node.stats.stages()
+    assert (stages["vision"].last_ms, stages["prefill"].last_ms, stages["decode"].last_ms) == (7.0, 40.0, 200.0)
+    assert node.stats.tokens_per_s() == pytest.approx(9 / 0.2)

@@ -39,7 +39,7 @@ def processor_for(model_dir: Path):
 def hf_generate(runtime, processor, frame: np.ndarray, prompt: str, max_new_tokens: int) -> list[int]:
     """Greedy tokens of HF generate() for one prompt (eos excluded), inputs made by the processor."""
     image = runtime.preprocess.expand_to_square(frame) if runtime.preprocess.pad_to_square else frame
-    inputs = processor(images=[image], text=[prompt], return_tensors="pt")
+    inputs = processor(images=[image], text=[prompt], return_tensors="pt", input_data_format="channels_last")
     out = runtime.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     new = out[0, inputs["input_ids"].shape[1]:].tolist()
     eos = runtime.model.generation_config.eos_token_id

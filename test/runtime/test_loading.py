@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from chatspot_ros.referring import ImageGeometry, ResizeMode
 from chatspot_ros.runtime import ChatSpotRuntime, RuntimeConfig
+from chatspot_ros.runtime.loading import inspect_checkpoint
 from chatspot_ros.runtime.projector import LinearProjector
 
 
@@ -125,3 +127,57 @@ def test_unknown_projector_type(chatspot_model_dir, tmp_path) -> None:
     (folder / "config.json").write_text(json.dumps({**config, "projector_type": "qformer"}))
     with pytest.raises(ValueError, match="projector_type"):
         _load(folder)
+
+
+def _edit_json(path: Path, **changes) -> None:
+    data = json.loads(path.read_text())
+    for key, value in changes.items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("model_changes, processor_changes, mode, runtime_pads", [
+    ({}, {}, ResizeMode.PAD, True),  # image_aspect_ratio "pad" in config.json (LLaVA-1.5)
+    ({"image_aspect_ratio": None}, {"image_aspect_ratio": "pad"}, ResizeMode.PAD, True),
+    ({"image_aspect_ratio": None}, {"image_processor_type": "LlavaImageProcessor", "do_pad": True},
+     ResizeMode.PAD, False),  # HF's processor pads itself: not twice
+    ({"image_aspect_ratio": "square"}, {"do_pad": True}, ResizeMode.CENTER_CROP, False),  # CLIP ignores do_pad
+])
+def test_padding_follows_the_geometry(tiny_model_dir, tmp_path, model_changes, processor_changes, mode,
+                                      runtime_pads) -> None:
+    """One decision: the runtime pads the pixels exactly when Φ normalizes against a padded square."""
+    folder = _copy(tiny_model_dir, tmp_path / "ckpt")
+    _edit_json(folder / "config.json", **model_changes)
+    _edit_json(folder / "preprocessor_config.json", **processor_changes)
+    info = inspect_checkpoint(RuntimeConfig(model_path=str(folder)))
+    assert info.geometry.mode is mode and info.pad_to_square is runtime_pads
+    assert info.geometry == ImageGeometry.from_checkpoint_configs(info.processor_config, info.model_config)
+
+
+def test_runtime_geometry_is_the_checkpoints(runtime) -> None:
+    assert runtime.geometry is runtime.info.geometry and runtime.geometry.mode is ResizeMode.PAD
+    assert runtime.preprocess.pad_to_square is runtime.info.pad_to_square is True
+
+
+@pytest.mark.parametrize("key, value", [("chatspot_dialect", "yolo"), ("chatspot_conversation", "llama3"),
+                                        ("image_aspect_ratio", "anyres")])
+def test_bad_overrides_fail_before_the_weights_load(tiny_model_dir, tmp_path, key, value) -> None:
+    folder = _copy(tiny_model_dir, tmp_path / "ckpt")
+    _edit_json(folder / "config.json", **{key: value})
+    with pytest.raises(ValueError, match=key if key != "image_aspect_ratio" else "preprocessing"):
+        inspect_checkpoint(RuntimeConfig(model_path=str(folder)))
+
+
+def test_engine_dir_inside_the_model_folder_is_refused(tiny_model_dir) -> None:
+    before = sorted(p.name for p in tiny_model_dir.rglob("*"))
+    with pytest.raises(ValueError, match="inside the model folder"):
+        _load(tiny_model_dir, vision_backend="onnxruntime", engine_dir=str(tiny_model_dir / "engines"))
+    assert sorted(p.name for p in tiny_model_dir.rglob("*")) == before
+
+
+def test_onnxruntime_backend_writes_only_under_engine_dir(onnx_runtime, tiny_model_dir, engine_dir) -> None:
+    assert list(engine_dir.glob("onnx/vision-*.onnx"))
+    assert not [p for p in tiny_model_dir.rglob("*") if p.suffix in (".onnx", ".engine")]

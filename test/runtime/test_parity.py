@@ -43,13 +43,16 @@ def test_different_prompts_give_different_outputs(runtime) -> None:
     assert all(len(set(r.token_ids)) > 2 for r in results)
 
 
-def test_onnxruntime_backend_matches_hf_generate(onnx_runtime, tiny_model_dir) -> None:
-    processor = processor_for(tiny_model_dir)
-    frame = make_frame(5)
-    prompts = [prompt(q) for q in QUESTIONS[:5]]
-    results = onnx_runtime.generate(onnx_runtime.encode(frame), prompts, GenerationConfig(max_new_tokens=MAX_NEW))
+def _assert_matches_hf_generate(rt, model_dir, frame, prompts) -> None:
+    processor = processor_for(model_dir)
+    results = rt.generate(rt.encode(frame), prompts, GenerationConfig(max_new_tokens=MAX_NEW))
+    assert len(results) == len(prompts)
     for p, result in zip(prompts, results):
-        assert list(result.token_ids) == hf_generate(onnx_runtime, processor, frame, p, MAX_NEW)
+        assert list(result.token_ids) == hf_generate(rt, processor, frame, p, MAX_NEW)
+
+
+def test_onnxruntime_backend_matches_hf_generate(onnx_runtime, tiny_model_dir) -> None:
+    _assert_matches_hf_generate(onnx_runtime, tiny_model_dir, make_frame(5), [prompt(q) for q in QUESTIONS[:5]])
 
 
 def test_cached_prefix_gives_the_same_tokens(runtime) -> None:
@@ -68,10 +71,7 @@ def test_cached_prefix_gives_the_same_tokens(runtime) -> None:
 def test_linear_projector_checkpoint_matches_hf_generate(chatspot_model_dir) -> None:
     """The swapped-in linear projector: HF's model gets the same module, so generate() must agree."""
     rt = ChatSpotRuntime.load(RuntimeConfig(model_path=str(chatspot_model_dir)))
-    processor = processor_for(chatspot_model_dir)
-    frame = make_frame(11)
-    prompts = [prompt(q) for q in QUESTIONS[:3]]
-    results = rt.generate(rt.encode(frame), prompts, GenerationConfig(max_new_tokens=MAX_NEW))
-    for p, result in zip(prompts, results):
-        assert list(result.token_ids) == hf_generate(rt, processor, frame, p, MAX_NEW)
-    rt.close()
+    try:
+        _assert_matches_hf_generate(rt, chatspot_model_dir, make_frame(11), [prompt(q) for q in QUESTIONS[:3]])
+    finally:
+        rt.close()

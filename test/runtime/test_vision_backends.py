@@ -204,3 +204,83 @@ def test_frames_are_padded_with_the_mean_colour(runtime) -> None:
     assert square.shape == (60, 60, 3)
     assert (square[20:40] == 7).all()
     assert tuple(square[0, 0]) == runtime.preprocess.background == (122, 116, 104)
+
+
+class _ConstantBackend:
+    name = "constant"
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def run(self, pixel_values):  # (B, 3, S, S) -> (B, 64, 64)
+        return torch.full((pixel_values.shape[0], 64, 64), self.value)
+
+
+def test_backend_delta_is_relative_and_nan_never_passes(runtime) -> None:
+    from chatspot_ros.runtime.onnx_vision import compare_with_torch
+
+    encoder = VisionEncoder.from_llava(runtime.model)
+    size = runtime.model.config.vision_config.image_size
+    same = compare_with_torch(runtime.backend, encoder, size)
+    assert same.max_abs == 0.0 and same.relative == 0.0 and same.reference_max > 0
+    broken = compare_with_torch(_ConstantBackend(float("nan")), encoder, size)  # type: ignore[arg-type]
+    assert broken.relative == float("inf") and not broken.relative <= 1.0
+
+
+def test_damaged_onnx_sidecar_means_re_export(runtime, tmp_path, monkeypatch, caplog) -> None:
+    exports: list[str] = []
+
+    def fake_export(module, args, path, **kwargs) -> None:  # the real export is tested above
+        exports.append(path)
+        Path(path).write_bytes(b"graph %d" % len(exports))
+
+    monkeypatch.setattr(torch.onnx, "export", fake_export)
+    encoder = VisionEncoder.from_llava(runtime.model)
+    first = export_vision_onnx(encoder, tmp_path)
+    assert export_vision_onnx(encoder, tmp_path) == first and len(exports) == 1
+    first.path.with_suffix(".json").write_text("{ not json")
+    with caplog.at_level(logging.WARNING, logger=LOGGER_NAME):
+        again = export_vision_onnx(encoder, tmp_path)
+    assert len(exports) == 2 and again.onnx_hash == sha256_file(again.path) != first.onnx_hash
+    assert "treating it as stale" in caplog.text
+
+
+class _FakeBuilderConfig:
+    """IBuilderConfig's timing-cache calls: create_timing_cache(bytes), set_timing_cache(cache, ignore_mismatch)."""
+
+    def __init__(self, accept: bool) -> None:
+        self.accept = accept
+        self.caches: list[bytes] = []
+
+    def create_timing_cache(self, data: bytes):
+        return ("cache", data)
+
+    def set_timing_cache(self, cache, ignore_mismatch: bool) -> bool:
+        assert ignore_mismatch is False
+        self.caches.append(cache[1])
+        return self.accept or cache[1] == b""
+
+
+def test_a_refused_timing_cache_falls_back_to_an_empty_one(tmp_path, caplog) -> None:
+    timing = tmp_path / "timing-10.3.0-sm_90.cache"
+    timing.write_bytes(b"from another TensorRT")
+    config = _FakeBuilderConfig(accept=False)
+    with caplog.at_level(logging.WARNING, logger=LOGGER_NAME):
+        trt_engine._use_timing_cache(config, timing)
+    assert config.caches == [b"from another TensorRT", b""] and "timing cache" in caplog.text
+    accepted = _FakeBuilderConfig(accept=True)
+    trt_engine._use_timing_cache(accepted, timing)
+    assert accepted.caches == [b"from another TensorRT"]
+
+
+def test_one_tensorrt_logger_per_process() -> None:
+    fake = _fake_tensorrt()
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, severity: int) -> None:
+            self.severity = severity
+
+    fake.Logger = Logger  # type: ignore[attr-defined]
+    assert trt_engine.trt_logger(fake) is trt_engine.trt_logger(fake)
