@@ -120,10 +120,9 @@ def batch_timings(generations: Iterable[Any]) -> tuple[float, float]:
     """(prefill_ms, decode_ms) of one ``ChatSpot.answer`` call, each batch counted once.
 
     The runtime decodes a frame's prompts in batches (one per shared prompt prefix, run one after
-    another) and reports the batch's prefill and decode time on *every* Generation of that batch,
-    so summing over answers over-counts. Generations with equal ``(prefill_ms, decode_ms)`` are
-    taken as one batch; the batches' times add up.
+    another) and reports the batch's prefill and decode time on *every* Generation of that batch
+    (``Generation.batch`` names it), so summing over answers over-counts.
     """
-    batches = {(float(g.prefill_ms), float(g.decode_ms)) for g in generations}
-    return sum(p for p, _ in batches), sum(d for _, d in batches)
+    batches = {int(g.batch): (float(g.prefill_ms), float(g.decode_ms)) for g in generations}
+    return sum(p for p, _ in batches.values()), sum(d for _, d in batches.values())
 

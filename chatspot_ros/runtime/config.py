@@ -83,8 +83,8 @@ class Generation:
     """One prompt's answer.
 
     The timings belong to the batch the prompt was decoded in (all prompts of a frame that share a
-    prefix): every Generation of that batch carries the same ``prefill_ms`` and ``decode_ms``, so
-    do not sum them over a frame's answers.
+    prefix): every Generation of that batch carries the same ``prefill_ms``, ``decode_ms`` and
+    ``batch``, so sum timings over distinct batches, not over a frame's answers.
     """
 
     text: str
@@ -93,6 +93,7 @@ class Generation:
     decode_ms: float  # the batch's decode loop
     stopped: str  # "eos" | "length" | "stop" | "cancelled"
     token_ids: tuple[int, ...] = ()  # the generated ids (eos excluded)
+    batch: int = 0  # index of the decode batch within one generate() call
 
 
 @dataclass

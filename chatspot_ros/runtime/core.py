@@ -1,6 +1,7 @@
 """ChatSpotRuntime: encode each frame once, answer every region prompt of it in one batch."""
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import threading
@@ -178,7 +179,7 @@ class ChatSpotRuntime:
                 last_image = len(ids) - 1 - ids[::-1].index(self.image_token_id)
                 groups.setdefault(tuple(ids[: last_image + 1]), []).append(index)
             results: list[Generation | None] = [None] * len(prompts)
-            for prefix, indices in groups.items():
+            for batch, (prefix, indices) in enumerate(groups.items()):
                 kv, prefix_ms = self._prefix_kv(features, prefix)
                 suffixes = [token_lists[i][len(prefix):] for i in indices]
 
@@ -193,7 +194,7 @@ class ChatSpotRuntime:
                     should_stop=should_stop,
                 )
                 for i, out in zip(indices, outputs):
-                    results[i] = out
+                    results[i] = dataclasses.replace(out, batch=batch)
             missing = [i for i, r in enumerate(results) if r is None]
             if missing:
                 raise RuntimeError(f"internal error: no generation for prompt(s) {missing}")

@@ -84,14 +84,14 @@ def test_stats_balance() -> None:
 
 
 def test_batch_timings_count_each_batch_once() -> None:
-    class Gen:
-        def __init__(self, prefill_ms: float, decode_ms: float) -> None:
-            self.prefill_ms, self.decode_ms = prefill_ms, decode_ms
+    from chatspot_ros.runtime.config import Generation
 
-    # Three answers of one batch carry the batch's times; a fourth prompt decoded in a second batch.
-    one_batch = [Gen(40.0, 200.0)] * 3
+    # Three answers of one batch carry the batch's times; a fourth prompt decoded in a second batch,
+    # and a fifth in a third batch that happened to take exactly as long as the first.
+    one_batch = [Generation("a", 3, 40.0, 200.0, "eos", batch=0)] * 3
     assert batch_timings(one_batch) == (40.0, 200.0)
-    assert batch_timings(one_batch + [Gen(5.0, 70.0)]) == (45.0, 270.0)
+    assert batch_timings(one_batch + [Generation("b", 2, 5.0, 70.0, "eos", batch=1)]) == (45.0, 270.0)
+    assert batch_timings(one_batch + [Generation("c", 3, 40.0, 200.0, "eos", batch=2)]) == (80.0, 400.0)
     assert batch_timings([]) == (0.0, 0.0)
 
 

@@ -138,3 +138,11 @@ def test_generation_config_validates(kwargs) -> None:
 def test_runtime_config_validates(kwargs) -> None:
     with pytest.raises(ValueError):
         RuntimeConfig(**kwargs)
+
+
+def test_prompts_with_different_prefixes_decode_in_separate_batches(runtime) -> None:
+    features = runtime.encode(make_frame(5))
+    other_prefix = "Another system line. USER: <image>\nWhat is this? ASSISTANT:"
+    results = runtime.generate(features, [PROMPTS[0], other_prefix, PROMPTS[1]], GenerationConfig(max_new_tokens=4))
+    assert [r.batch for r in results] == [0, 1, 0]
+    assert (results[0].prefill_ms, results[0].decode_ms) == (results[2].prefill_ms, results[2].decode_ms)
