@@ -320,20 +320,48 @@ def inspect_compressed(
     return codec, width, height
 
 
+JPEG_REDUCTIONS: tuple[int, ...] = (1, 2, 4, 8)  # scales libjpeg decodes to directly, in the DCT
+
+
+def reduced_size(width: int, height: int, reduction: int) -> tuple[int, int]:
+    """(width, height) of a JPEG decoded at 1/``reduction`` scale: each side rounded up, as libjpeg does."""
+    return -(-int(width) // reduction), -(-int(height) // reduction)
+
+
 def decode_compressed(
-    data: Any, format: str = "", limits: ImageLimits = DEFAULT_LIMITS  # noqa: A002 - ROS field name
+    data: Any,
+    format: str = "",  # noqa: A002 - ROS field name
+    limits: ImageLimits = DEFAULT_LIMITS,
+    reduction: int = 1,
 ) -> np.ndarray:
     """The bytes of a sensor_msgs/CompressedImage (JPEG or PNG) as ``(H, W, 3) uint8`` RGB.
 
     ``format`` is the message's format string ("jpeg", "png", "bgr8; jpeg compressed bgr8");
     the bytes themselves decide the codec. The checks of :func:`inspect_compressed` apply;
     data OpenCV cannot decode raises ImageDecodeError too.
+
+    ``reduction`` (1, 2, 4 or 8): a JPEG is decoded at that fraction of its size, straight from
+    the DCT coefficients (several times faster than a full decode, and a good area-like
+    downsample): the result is :func:`reduced_size` of the header's size. A PNG has no such
+    shortcut and is always decoded at full size, so the caller must read the returned shape.
     """
+    if reduction not in JPEG_REDUCTIONS:
+        raise ValueError(f"reduction must be one of {JPEG_REDUCTIONS}, got {reduction!r}")
     cv = _require_cv2("compressed images")
     codec, width, height = inspect_compressed(data, format, limits)
+    if codec != "jpeg":
+        reduction = 1
     rgb_flag = getattr(cv, "IMREAD_COLOR_RGB", None)  # OpenCV >= 4.10 decodes straight to RGB
-    decoded = cv.imdecode(_as_uint8_buffer(data), cv.IMREAD_COLOR if rgb_flag is None else rgb_flag)
-    if decoded is None or decoded.ndim != 3 or decoded.shape[0] != height or decoded.shape[1] != width:
+    if reduction == 1:
+        flags = cv.IMREAD_COLOR if rgb_flag is None else rgb_flag
+    else:
+        reduced = getattr(cv, f"IMREAD_REDUCED_COLOR_{reduction}")
+        # IMREAD_REDUCED_COLOR_r is IMREAD_REDUCED_GRAYSCALE_r | IMREAD_COLOR (BGR); OpenCV 5
+        # refuses BGR and RGB together, so swap the colour bit for IMREAD_COLOR_RGB.
+        flags = reduced if rgb_flag is None else (reduced & ~cv.IMREAD_COLOR) | rgb_flag
+    decoded = cv.imdecode(_as_uint8_buffer(data), flags)
+    out_w, out_h = reduced_size(width, height, reduction)
+    if decoded is None or decoded.ndim != 3 or decoded.shape[0] != out_h or decoded.shape[1] != out_w:
         raise ImageDecodeError(f"corrupt {codec.upper()} data: OpenCV could not decode it")
     return decoded if rgb_flag is not None else cv.cvtColor(decoded, cv.COLOR_BGR2RGB)
 

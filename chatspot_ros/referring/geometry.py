@@ -257,6 +257,31 @@ class ImageGeometry:
         c = self._chain(src_w, src_h)
         return c.out_w, c.out_h
 
+    def max_reduction(self, src_w: int, src_h: int, choices: Sequence[int] = (1, 2, 4, 8)) -> int:
+        """The largest factor r of ``choices`` (1 always allowed) at which a src_w x src_h image,
+        first shrunk to ceil(src_w / r) x ceil(src_h / r) (JPEG's reduced decoding), is still only
+        downscaled by the preprocessing: the model input loses no resolution.
+
+        That is: the resize of the chain does not enlarge the reduced image on either axis. So for
+        PAD the reduced longer side >= the resize target (size, or shortest_edge / resize_size
+        before a crop); for CENTER_CROP the reduced shorter side >= shortest_edge (or each side >=
+        resize_size); for STRETCH reduced w >= model w and reduced h >= model h. SMART_RESIZE
+        gives 1: its model input size (and token count) follows the source size, so any reduction
+        would change what the model sees.
+        """
+        src_w, src_h = check_image_size((src_w, src_h))
+        best = 1
+        if self.mode is ResizeMode.SMART_RESIZE:
+            return best
+        for r in choices:
+            r = int(r)
+            if r <= best:
+                continue
+            c = self._chain(-(-src_w // r), -(-src_h // r))
+            if c.scale_x <= 1.0 and c.scale_y <= 1.0:
+                best = r
+        return best
+
     def source_per_unit(self, src_w: int, src_h: int) -> tuple[float, float]:
         """Source pixels per normalized unit on each axis: turns a normalized error into pixels."""
         c = self._chain(src_w, src_h)

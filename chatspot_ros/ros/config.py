@@ -80,6 +80,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
       choices=IMAGE_TRANSPORTS),
     P("image.use_cv_bridge", True, "Decode raw images with cv_bridge when it is installed.",
       when="activate"),
+    P("image.reduced_decode", True, "Decode JPEG frames at 1/2, 1/4 or 1/8 scale when the model's input "
+      "is still fully covered; faster, same model input resolution."),
     P("image.max_width", 8192, "Wider images are refused.", minimum=1, maximum=65535),
     P("image.max_height", 8192, "Taller images are refused.", minimum=1, maximum=65535),
     P("image.max_pixels", 8192 * 4320, "Images with more pixels are refused.", minimum=1,
@@ -206,6 +208,7 @@ class AgentConfig:
     generation_seed: int
     image_transport: str
     image_use_cv_bridge: bool
+    image_reduced_decode: bool
     image_max_width: int
     image_max_height: int
     image_max_pixels: int

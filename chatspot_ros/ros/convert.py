@@ -172,12 +172,19 @@ class DecodedFrame:
     Arrival costs only the header checks (:func:`imaging.check_raw` /
     :func:`imaging.inspect_compressed`); the pixels are decoded when a request needs them, so a
     30 Hz camera feeding a 2 Hz detector pays for 2 decodes a second.
+
+    ``width`` x ``height`` is always the SOURCE size: region coordinates and their normalization
+    are in source pixels. The RGB may be decoded at 1/``reduction`` scale (JPEG, see
+    :func:`frame_from_compressed`), ``imaging.reduced_size(width, height, reduction)``; a source
+    pixel coordinate x is x / reduction in it.
     """
 
-    def __init__(self, header: Header, width: int, height: int, decode: Callable[[], np.ndarray]) -> None:
+    def __init__(self, header: Header, width: int, height: int, decode: Callable[[], np.ndarray],
+                 reduction: int = 1) -> None:
         self.header = header
         self.width = int(width)
         self.height = int(height)
+        self.reduction = int(reduction)
         self._decode = decode
         self._rgb: Optional[np.ndarray] = None
         self._lock = threading.Lock()
@@ -194,15 +201,23 @@ class DecodedFrame:
     def decoded(self) -> bool:
         return self._rgb is not None
 
+    @property
+    def rgb_scale(self) -> float:
+        """Pixels of :meth:`rgb` per source pixel (1 / reduction)."""
+        return 1.0 / self.reduction
+
     def rgb(self) -> np.ndarray:
-        """(H, W, 3) uint8 RGB; ImageDecodeError when the pixels cannot be decoded."""
+        """(H, W, 3) uint8 RGB, possibly reduced (see the class); ImageDecodeError when the pixels
+        cannot be decoded."""
         with self._lock:
             if self._rgb is None:
                 rgb = self._decode()
-                if rgb.shape[:2] != (self.height, self.width):
+                out_w, out_h = imaging.reduced_size(self.width, self.height, self.reduction)
+                if rgb.shape[:2] != (out_h, out_w):
+                    reduced = f" reduced 1/{self.reduction} to {out_w}x{out_h}" if self.reduction > 1 else ""
                     raise imaging.ImageDecodeError(
                         f"decoded image is {rgb.shape[1]}x{rgb.shape[0]}, header says "
-                        f"{self.width}x{self.height}"
+                        f"{self.width}x{self.height}{reduced}"
                     )
                 self._rgb = rgb
             return self._rgb
@@ -229,14 +244,25 @@ def frame_from_image(
 
 
 def frame_from_compressed(
-    msg: CompressedImage, limits: imaging.ImageLimits = imaging.DEFAULT_LIMITS
+    msg: CompressedImage,
+    limits: imaging.ImageLimits = imaging.DEFAULT_LIMITS,
+    reduction_for: Optional[Callable[[int, int], int]] = None,
 ) -> DecodedFrame:
-    """Check a sensor_msgs/CompressedImage's header now (ImageDecodeError), decode it later."""
+    """Check a sensor_msgs/CompressedImage's header now (ImageDecodeError), decode it later.
+
+    ``reduction_for(width, height)`` (e.g. ``ImageGeometry.max_reduction``) picks the scale
+    1/r at which a JPEG is decoded (r in 1, 2, 4, 8); PNG is always decoded at full size.
+    """
     data = msg.data
-    _, width, height = imaging.inspect_compressed(data, msg.format, limits)
+    codec, width, height = imaging.inspect_compressed(data, msg.format, limits)
+    reduction = 1
+    if reduction_for is not None and codec == "jpeg":
+        reduction = int(reduction_for(width, height))
+        if reduction not in imaging.JPEG_REDUCTIONS:
+            raise ValueError(f"reduction_for gave {reduction}; expected one of {imaging.JPEG_REDUCTIONS}")
     fmt = msg.format
     return DecodedFrame(copy_header(msg.header), width, height,
-                        lambda: imaging.decode_compressed(data, fmt, limits))
+                        lambda: imaging.decode_compressed(data, fmt, limits, reduction), reduction)
 
 
 def image_is_empty(msg: Image) -> bool:

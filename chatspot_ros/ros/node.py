@@ -459,7 +459,15 @@ class ChatSpotAgentNode(LifecycleNode):
             msg, cfg.image_limits, use_cv_bridge=cfg.image_use_cv_bridge))
 
     def _on_compressed_image(self, msg: CompressedImage) -> None:
-        self._receive_frame(lambda cfg: convert.frame_from_compressed(msg, cfg.image_limits))
+        self._receive_frame(lambda cfg: convert.frame_from_compressed(
+            msg, cfg.image_limits, self._reduction_for(cfg)))
+
+    def _reduction_for(self, config: AgentConfig) -> Optional[Callable[[int, int], int]]:
+        """JPEG decode scale: the largest 1/r at which the model's input is still fully covered."""
+        builder = self._builder
+        if not config.image_reduced_decode or builder is None:
+            return None
+        return builder.geometry.max_reduction
 
     def _receive_frame(self, make: Callable[[AgentConfig], convert.DecodedFrame]) -> None:
         """Check a frame's header and buffer it; the pixels are decoded when a request needs them."""
@@ -821,7 +829,8 @@ class ChatSpotAgentNode(LifecycleNode):
             return
         if config.debug_image and self._wants("debug_image"):
             start = time.perf_counter()
-            canvas = draw_annotations(frame.rgb(), annotations, max_width=config.debug_max_width)
+            canvas = draw_annotations(frame.rgb(), annotations, max_width=config.debug_max_width,
+                                      region_scale=frame.rgb_scale)
             self._publish("debug_image", convert.rgb_to_image(canvas, frame.header))
             self._stats.observe("drawing", (time.perf_counter() - start) * 1e3)
         camera = self._camera

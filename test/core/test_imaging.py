@@ -134,6 +134,41 @@ def test_png_roundtrip_is_exact_and_jpeg_is_close() -> None:
     assert imaging.inspect_compressed(imaging.encode_compressed(rgb, "jpeg")) == ("jpeg", 32, 24)
 
 
+def _smooth_scene(width: int, height: int) -> np.ndarray:
+    """Gradients and blocks: JPEG-friendly, with edges at odd places."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    rgb = np.stack([xx * 255 // width, yy * 255 // height, (xx + yy) * 255 // (width + height)], -1)
+    rgb[height // 3: height // 2, width // 5: width // 2] = (200, 40, 90)
+    return rgb.astype(np.uint8)
+
+
+@pytest.mark.parametrize("reduction", [2, 4, 8])
+@pytest.mark.parametrize("size", [(320, 240), (333, 181)])  # the second is not a multiple of 8
+def test_reduced_jpeg_decode_is_an_area_downsample(reduction: int, size: tuple[int, int]) -> None:
+    cv2 = pytest.importorskip("cv2")
+    width, height = size
+    jpeg = imaging.encode_compressed(_smooth_scene(width, height), "jpeg", quality=95)
+    full = decode_compressed(jpeg, "jpeg")
+    small = decode_compressed(jpeg, "jpeg", reduction=reduction)
+    out_w, out_h = imaging.reduced_size(width, height, reduction)
+    assert (out_w, out_h) == (-(-width // reduction), -(-height // reduction))
+    assert small.shape == (out_h, out_w, 3) and small.dtype == np.uint8
+    reference = cv2.resize(full, (out_w, out_h), interpolation=cv2.INTER_AREA)
+    # Same picture, same channel order. When a side is not a multiple of the reduction, the DCT's
+    # last block is partial, so its sampling grid is off INTER_AREA's by a fraction of a pixel.
+    exact = width % reduction == 0 and height % reduction == 0
+    assert np.abs(small.astype(int) - reference).mean() < (1.0 if exact else 3.0)
+    assert np.median(np.abs(small.astype(int) - reference)) <= 2
+
+
+def test_reduction_is_ignored_for_png_and_checked() -> None:
+    rgb = RNG.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    png = imaging.encode_compressed(rgb, "png")
+    np.testing.assert_array_equal(decode_compressed(png, "png", reduction=4), rgb)  # full size
+    with pytest.raises(ValueError, match="reduction"):
+        decode_compressed(imaging.encode_compressed(rgb, "jpeg"), reduction=3)
+
+
 def test_corrupt_compressed_data_raises() -> None:
     rgb = RNG.integers(0, 256, (24, 32, 3), dtype=np.uint8)
     jpeg = imaging.encode_compressed(rgb, "jpeg")

@@ -188,3 +188,50 @@ def test_center_crop_polygon_is_clipped_to_the_crop() -> None:
     # visible source x range for 640x480: [80, 560]
     points, clipped = geometry.to_model([(40, 100), (200, 100), (200, 300)], 640, 480)
     assert clipped and min(u for u, _ in points) == 0.0 and len(points) == 4
+
+
+# -- reduced (JPEG DCT) decoding ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "geometry, size, expected",
+    [
+        (ImageGeometry.pad(336), (1920, 1080), 4),  # 480x270: longer side 480 >= 336; 1/8 gives 240
+        (ImageGeometry.pad(336), (1080, 1920), 4),  # portrait: the longer side is the height
+        (ImageGeometry.pad(336), (2688, 100), 8),  # 336x13 still covers the padded square
+        (ImageGeometry.pad(336), (2689, 100), 8),  # ceil: 337
+        (ImageGeometry.pad(336), (2681, 2000), 8),  # ceil(2681 / 8) = 336: exactly covered
+        (ImageGeometry.pad(336), (2680, 2000), 4),  # 2680 / 8 = 335 < 336
+        (ImageGeometry.pad(336), (640, 480), 1),  # 320 < 336 at 1/2
+        (ImageGeometry.pad(336), (300, 200), 1),  # already upsampled: never reduce
+        (ImageGeometry.center_crop(336, (336, 336)), (1920, 1080), 2),  # shorter side 540; 1/4 gives 270
+        (ImageGeometry.center_crop(224, (224, 224)), (1920, 1080), 4),  # 270 >= 224
+        (ImageGeometry(ResizeMode.CENTER_CROP, (224, 224), resize_size=(256, 256)), (1920, 1080), 4),
+        (ImageGeometry.stretch(384, 384), (1920, 1080), 2),  # 960x540; 1/4 gives 270 < 384 high
+        (ImageGeometry.stretch(224, 224), (1920, 1080), 4),
+        (ImageGeometry.qwen_smart_resize(), (1920, 1080), 1),  # model size follows the source size
+        (ImageGeometry.qwen_smart_resize(max_pixels=448 * 448), (1920, 1080), 1),
+    ],
+)
+def test_max_reduction_never_upsamples_the_model_input(geometry: ImageGeometry, size, expected: int) -> None:
+    w, h = size
+    assert geometry.max_reduction(w, h) == expected
+    if geometry.mode is not ResizeMode.SMART_RESIZE:
+        # The model input size does not change with the reduction (it is fixed for these modes).
+        r = expected
+        assert geometry.model_size(-(-w // r), -(-h // r)) == geometry.model_size(w, h)
+
+
+def test_max_reduction_respects_choices_and_keeps_normalization() -> None:
+    pad = ImageGeometry.pad(336)
+    assert pad.max_reduction(1920, 1080, choices=(1, 2)) == 2
+    assert pad.max_reduction(1920, 1080, choices=()) == 1
+    assert pad.max_reduction(1920, 1080, choices=(8, 4, 2)) == 4  # order does not matter
+    # A uniformly reduced image normalizes a region the same: coordinates stay in source pixels.
+    points = [(100, 200), (1500, 900)]
+    reduced = [(x / 4, y / 4) for x, y in points]
+    full, _ = pad.to_model(points, 1920, 1080)
+    small, _ = pad.to_model(reduced, 480, 270)
+    assert [c for p in full for c in p] == pytest.approx([c for p in small for c in p])
+    with pytest.raises(ValueError):
+        pad.max_reduction(0, 1080)

@@ -171,6 +171,27 @@ def test_drawing_does_not_touch_the_frame_and_scales_down() -> None:
     assert scaled_size(640, 480, 1280) == (640, 480, 1.0)
 
 
+def test_halving_the_debug_image_averages_like_area_resampling() -> None:
+    import cv2
+
+    frame = np.random.default_rng(0).integers(0, 256, (108, 192, 3), dtype=np.uint8)
+    area = cv2.resize(frame, (96, 54), interpolation=cv2.INTER_AREA)
+    assert np.array_equal(draw_annotations(frame, [], max_width=96), area)
+
+
+def test_drawing_maps_source_regions_onto_a_reduced_frame() -> None:
+    box = [Annotation(Region.box(800, 400, 1200, 800), "")]  # source (1920x1080) pixels
+    full = draw_annotations(np.zeros((1080, 1920, 3), np.uint8), box, max_width=960)
+    reduced = draw_annotations(np.zeros((270, 480, 3), np.uint8), box, max_width=960, region_scale=0.25)
+    assert full.shape == (540, 960, 3) and reduced.shape == (270, 480, 3)
+    for canvas, scale in ((reduced, 0.25), (full, 0.5)):  # the box lands at its source place
+        ys, xs = np.nonzero(canvas.any(axis=2))
+        drawn = np.array([xs.min(), ys.min(), xs.max(), ys.max()])
+        assert np.abs(drawn - np.array([800, 400, 1200, 800]) * scale).max() <= 1  # line thickness
+    with pytest.raises(ValueError, match="region_scale"):
+        draw_annotations(np.zeros((4, 4, 3), np.uint8), box, region_scale=0.0)
+
+
 def test_diagnostics_statuses_from_a_snapshot() -> None:
     from diagnostic_msgs.msg import DiagnosticStatus
 

@@ -113,6 +113,31 @@ def test_compressed_frames_are_checked_on_arrival() -> None:
         convert.frame_from_compressed(CompressedImage(format="jpeg", data=b"\x00" * 10))
 
 
+def test_compressed_frames_decode_jpeg_reduced_and_keep_the_source_size() -> None:
+    from chatspot_ros.referring import ImageGeometry
+
+    rgb = np.zeros((1080, 1920, 3), np.uint8)
+    rgb[:, 960:] = 200
+    jpeg = CompressedImage(header=header(), format="jpeg", data=imaging.encode_compressed(rgb, "jpeg"))
+    calls: list[tuple[int, int]] = []
+
+    def reduction_for(width: int, height: int) -> int:
+        calls.append((width, height))
+        return ImageGeometry.pad(336).max_reduction(width, height)
+
+    frame = convert.frame_from_compressed(jpeg, reduction_for=reduction_for)
+    assert calls == [(1920, 1080)] and not frame.decoded  # picked from the header, decoded later
+    assert (frame.width, frame.height, frame.reduction, frame.rgb_scale) == (1920, 1080, 4, 0.25)
+    assert frame.rgb().shape == (270, 480, 3)
+    assert frame.rgb()[:, 250:].min() > 150 and frame.rgb()[:, :230].max() < 50  # same picture
+    assert convert.frame_from_compressed(jpeg).rgb().shape == (1080, 1920, 3)  # no reduction asked
+    png = CompressedImage(header=header(), format="png", data=imaging.encode_compressed(rgb[:64, :96], "png"))
+    frame = convert.frame_from_compressed(png, reduction_for=lambda w, h: 8)
+    assert frame.reduction == 1 and frame.rgb().shape == (64, 96, 3)  # PNG: always full size
+    with pytest.raises(ValueError, match="reduction"):
+        convert.frame_from_compressed(jpeg, reduction_for=lambda w, h: 3)
+
+
 def test_rgb_to_image_message() -> None:
     rgb = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
     msg = convert.rgb_to_image(rgb, header(7))

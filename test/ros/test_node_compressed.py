@@ -1,12 +1,16 @@
 """image.transport = compressed: JPEG and PNG frames are answered; corrupt data is refused and counted."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
-from sensor_msgs.msg import CompressedImage
+from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import Detection2DArray
 
 from chatspot_ros import imaging
 from chatspot_ros.msg import RegionDescriptionArray
+from chatspot_ros.referring import ImageGeometry
 from chatspot_ros.srv import AskRegion
 from ros_harness import (
     RosClient,
@@ -65,3 +69,22 @@ def test_corrupt_compressed_images_are_rejected(client: RosClient) -> None:
     assert after["images.buffered"] == before["images.buffered"]
     response = client.call(AskRegion, "ask", AskRegion.Request(question="What?"))
     assert response.success and response.header.stamp.sec == 2
+
+
+def test_jpeg_is_decoded_reduced_and_the_debug_image_follows(client: RosClient, tiny_model_dir: Path) -> None:
+    geometry = ImageGeometry.from_checkpoint_configs(
+        json.loads((tiny_model_dir / "preprocessor_config.json").read_text()),
+        json.loads((tiny_model_dir / "config.json").read_text()))
+    reduction = geometry.max_reduction(640, 480)
+    assert reduction > 1  # the tiny model's input is small: the reduced path is the one under test
+    images = client.collect(Image, "debug/image")
+    client.wait_publisher("debug/image")
+    client.spin_for(0.5)  # let the agent see the subscription
+    publish_frames_reliably(client, NODE, "image/compressed",
+                            [compressed_msg(scene(640, 480, 3), stamp(30), fmt="jpeg")])
+    # Regions stay in source pixels: a box near the far corner is valid on the 640x480 frame.
+    response = client.call(AskRegion, "ask", AskRegion.Request(question="What?", regions=[box_region(500, 380, 630, 470)]))
+    assert response.success and response.header.stamp.sec == 30, response.message
+    assert client.spin_until(lambda: any(m.header.stamp.sec == 30 for m in images), 20)
+    debug = next(m for m in images if m.header.stamp.sec == 30)
+    assert (debug.width, debug.height) == imaging.reduced_size(640, 480, reduction)
