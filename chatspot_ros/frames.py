@@ -5,6 +5,10 @@ keeps the last ``capacity`` frames in stamp order and answers "which frame has t
 exactly, or the nearest within a tolerance. A stamp that matches no frame gets a reason
 (:class:`MatchStatus`) so the caller can count and log it instead of dropping it silently.
 
+A message that names a frame which has not arrived yet waits in a :class:`WaitingRoom` (bounded,
+with a deadline) instead of blocking a thread: it is looked up again when a frame arrives and on
+a timer, and leaves the room matched, definitively unmatched, expired or dropped.
+
 Stamps are integer nanoseconds (``sec * 10**9 + nanosec``) so equality is exact.
 """
 from __future__ import annotations
@@ -17,6 +21,7 @@ from dataclasses import dataclass
 from typing import Generic, Optional, TypeVar
 
 T = TypeVar("T")
+W = TypeVar("W")
 
 NS_PER_S = 1_000_000_000
 
@@ -198,3 +203,101 @@ class FrameBuffer(Generic[T]):
             f"no frame within {tolerance_ns / 1e6:.3f} ms of stamp {format_ns(stamp_ns)} "
             f"(nearest is {abs(offset) / 1e6:.3f} ms away; {span})",
         )
+
+
+# A frame with these statuses may still arrive: the lookup is worth repeating until a deadline.
+PENDING_STATUSES = frozenset({MatchStatus.NOT_YET, MatchStatus.EMPTY})
+
+
+@dataclass(frozen=True)
+class Waiting(Generic[W]):
+    stamp_ns: int
+    deadline: float  # time.monotonic() seconds
+    item: W
+
+
+class WaitingRoom(Generic[W]):
+    """Items that wait for the frame with their stamp, without blocking a thread; thread-safe.
+
+    At most ``capacity`` items wait: ``add`` makes room by pushing out the oldest arrivals (and
+    returns them, so the caller can count them). ``pop_ready`` takes out every item whose lookup
+    is decided (matched, or failed for good: too old, not found); ``pop_expired`` those past their
+    deadline; ``drain`` all of them. A closed room (after ``drain(close=True)``) refuses new items
+    until ``reopen``, so that nothing is left waiting behind a stopped consumer.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = max(1, int(capacity))
+        self._items: list[Waiting[W]] = []  # arrival order
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    def set_capacity(self, capacity: int) -> list[W]:
+        """Change the bound; returns the oldest items pushed out by a lower one."""
+        with self._lock:
+            self._capacity = max(1, int(capacity))
+            return self._trim(self._capacity)
+
+    def _trim(self, keep: int) -> list[W]:
+        excess = len(self._items) - keep
+        if excess <= 0:
+            return []
+        out = [w.item for w in self._items[:excess]]
+        del self._items[:excess]
+        return out
+
+    def add(self, stamp_ns: int, item: W, deadline: float) -> tuple[bool, list[W]]:
+        """(accepted, older items pushed out to make room); not accepted while closed."""
+        with self._lock:
+            if self._closed:
+                return False, []
+            evicted = self._trim(self._capacity - 1)
+            self._items.append(Waiting(int(stamp_ns), float(deadline), item))
+            return True, evicted
+
+    def pop_ready(self, frames: FrameBuffer[T], tolerance_ns: int) -> list[tuple[W, MatchResult[T]]]:
+        """Items whose frame lookup is decided now, with its result (ok or a final failure)."""
+        with self._lock:
+            if not self._items:
+                return []
+            ready: list[tuple[W, MatchResult[T]]] = []
+            keep: list[Waiting[W]] = []
+            for waiting in self._items:
+                result = frames.match(waiting.stamp_ns, tolerance_ns)
+                if result.status in PENDING_STATUSES:
+                    keep.append(waiting)
+                else:
+                    ready.append((waiting.item, result))
+            self._items = keep
+            return ready
+
+    def pop_expired(self, now: float) -> list[tuple[int, W]]:
+        """(stamp, item) of the items whose deadline is at or before ``now``."""
+        with self._lock:
+            if not self._items:
+                return []
+            expired = [(w.stamp_ns, w.item) for w in self._items if w.deadline <= now]
+            if expired:
+                self._items = [w for w in self._items if w.deadline > now]
+            return expired
+
+    def drain(self, close: bool = False) -> list[W]:
+        """Take every waiting item out; with ``close``, refuse new ones until :meth:`reopen`."""
+        with self._lock:
+            out = [w.item for w in self._items]
+            self._items = []
+            if close:
+                self._closed = True
+            return out
+
+    def reopen(self) -> None:
+        with self._lock:
+            self._closed = False

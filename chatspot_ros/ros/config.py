@@ -108,8 +108,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     P("qos.output_depth", 10, "History depth of the (reliable) output topics.", when="activate",
       minimum=1, maximum=1000),
     # queues.*
-    P("queues.max_pending_detections", 2, "Detection messages waiting for the model; the oldest "
-      "is dropped (and counted) when full.", minimum=1, maximum=1000),
+    P("queues.max_pending_detections", 2, "Detection messages waiting for the model (and, apart, "
+      "those waiting for their frame); the oldest is dropped (and counted) when full.",
+      minimum=1, maximum=1000),
     P("queues.max_pending_requests", 8, "Service/action/click requests waiting for the model; "
       "more are refused with 'busy'.", minimum=1, maximum=1000),
     P("queues.request_timeout_s", 120.0, "A service request waiting longer than this fails.",

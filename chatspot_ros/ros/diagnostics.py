@@ -40,6 +40,7 @@ class NodeSnapshot:
     queue_detections: int
     worker_busy: bool
     task: str
+    awaiting_frame: int = 0  # detection messages waiting for their frame (frames.wait_s)
 
 
 def _values(pairs: Mapping[str, Any]) -> list[KeyValue]:
@@ -68,7 +69,7 @@ def inputs_status(s: NodeSnapshot) -> DiagnosticStatus:
     values.update({
         "frames.buffered": s.frames_buffered, "frames.capacity": s.frames_capacity,
         "frames.newest_stamp": format_ns(s.newest_stamp_ns) if s.newest_stamp_ns is not None else "",
-        "queue.detections": s.queue_detections, "task": s.task,
+        "queue.detections": s.queue_detections, "queue.awaiting_frame": s.awaiting_frame, "task": s.task,
     })
     unanswered = sum(c.get(k, 0) for k in UNANSWERED_INPUTS)
     return DiagnosticStatus(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 import traceback
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PointStamped
@@ -33,7 +33,7 @@ from std_msgs.msg import Header, String
 from visualization_msgs.msg import MarkerArray
 
 from chatspot_ros.action import Describe
-from chatspot_ros.frames import FrameBuffer, MatchResult, format_ns
+from chatspot_ros.frames import PENDING_STATUSES, FrameBuffer, MatchResult, WaitingRoom, format_ns
 from chatspot_ros.imaging import ImageDecodeError
 from chatspot_ros.msg import ActionSuggestion, RegionDescriptionArray
 from chatspot_ros.projection import PinholeCamera
@@ -75,9 +75,19 @@ _RELIABILITY = {
 _DURABILITY = {"volatile": DurabilityPolicy.VOLATILE, "transient_local": DurabilityPolicy.TRANSIENT_LOCAL}
 _LOG_THROTTLE_S = 2.0
 _RESULT_GRACE_S = 1.0
+# How often detections waiting for their frame are looked up again (besides on each new frame),
+# so that one whose frame never comes is answered "unmatched" at most this late after frames.wait_s.
+_AWAITING_PERIOD_S = 0.05
 
 # Makes a request's instructions once its frame (and so the image size) is known.
 BuildInstructions = Callable[[InstructionBuilder, tuple[int, int]], list[ReferringInstruction]]
+
+
+class _AwaitingDetections(NamedTuple):
+    """A checked detection message whose frame has not arrived yet (see WaitingRoom)."""
+    request: PendingRequest
+    regions: list[convert.DetectionRegion]
+    where: str
 
 
 class ChatSpotAgentNode(LifecycleNode):
@@ -99,6 +109,9 @@ class ChatSpotAgentNode(LifecycleNode):
         self._last_error = ""
         self._worker: Optional[InferenceWorker] = None
         self._frames: FrameBuffer[convert.DecodedFrame] = FrameBuffer(1)
+        # Detection messages that arrived before their frame: they wait here, not on a thread.
+        self._awaiting: WaitingRoom[_AwaitingDetections] = WaitingRoom(1)
+        self._awaiting_timer: Any = None
         self._image_frame_id = ""
         self._camera: Optional[PinholeCamera] = None
         self._task = ""
@@ -172,8 +185,11 @@ class ChatSpotAgentNode(LifecycleNode):
             if self._worker is not None:
                 self._worker.set_limits(config.queues_max_pending_requests,
                                         config.queues_max_pending_detections)
+            evicted = self._awaiting.set_capacity(config.queues_max_pending_detections)
             if self._chatspot is not None:
                 self._builder = self._make_builder(config)
+        for waiting in evicted:
+            self._drop(waiting.request, "queue limit lowered", waiting.where)
 
     # ============================================================================ lifecycle
 
@@ -201,6 +217,7 @@ class ChatSpotAgentNode(LifecycleNode):
             self._frames = FrameBuffer(config.frames_buffer_size,
                                        int(config.frames_max_backward_jump_s * 1e9))
             self._worker = self._new_worker(config)
+            self._awaiting.set_capacity(config.queues_max_pending_detections)  # empty: drops nothing
         self._create_outputs(config)
         self._last_error = ""
         self.get_logger().info(
@@ -276,6 +293,7 @@ class ChatSpotAgentNode(LifecycleNode):
         assert config is not None and self._worker is not None
         if Detection2DArray is None:
             self.get_logger().warning("vision_msgs is not installed: the detections input is off")
+        self._awaiting.reopen()
         try:
             self._create_interfaces(config)
         except Exception as exc:  # noqa: BLE001 - e.g. an invalid remapped name; fail the transition
@@ -344,11 +362,18 @@ class ChatSpotAgentNode(LifecycleNode):
             handle_accepted_callback=self._on_describe_accepted,
             cancel_callback=lambda goal_handle: CancelResponse.ACCEPT,
         )
+        # Detections waiting for their frame are looked up again on each frame and on this timer
+        # (in the sensor group: it runs between image and detection callbacks, never beside them).
+        self._awaiting_timer = self.create_timer(_AWAITING_PERIOD_S, self._release_awaiting,
+                                                 callback_group=sensors)
         if TfBuffer is not None and self._tf_buffer is None:
             self._tf_buffer = TfBuffer()
             self._tf_listener = TransformListener(self._tf_buffer, self)
 
     def _destroy_interfaces(self) -> None:
+        if self._awaiting_timer is not None:
+            self.destroy_timer(self._awaiting_timer)
+            self._awaiting_timer = None
         for subscription in self._subscriptions_active:
             self.destroy_subscription(subscription)
         self._subscriptions_active = []
@@ -371,7 +396,13 @@ class ChatSpotAgentNode(LifecycleNode):
         self.get_logger().info("inactive: subscriptions, services and the action are stopped")
         return super().on_deactivate(state)
 
+    def _drop_awaiting(self, reason: str) -> None:
+        """Drop (and count) every detection waiting for its frame; refuse new ones until activate."""
+        for waiting in self._awaiting.drain(close=True):
+            self._drop(waiting.request, reason, waiting.where)
+
     def _stop_work(self, reason: str) -> None:
+        self._drop_awaiting(reason)
         with self._lock:
             running = list(self._active_requests)
         for request in running:
@@ -416,6 +447,7 @@ class ChatSpotAgentNode(LifecycleNode):
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.get_logger().error(f"error during a transition from '{state.label}': releasing everything")
         self._destroy_interfaces()
+        self._drop_awaiting("node error")
         if self._worker is not None:
             self._worker.stop("node error", timeout=5.0)
         self._destroy_outputs()
@@ -492,6 +524,7 @@ class ChatSpotAgentNode(LifecycleNode):
         self._image_frame_id = frame.frame_id
         self._stats.incr("images.buffered")
         self._stats.observe("receive", (time.perf_counter() - start) * 1e3)
+        self._release_awaiting()  # stamp lookups only: nothing is decoded here
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self._stats.incr("camera_info.received")
@@ -556,25 +589,56 @@ class ChatSpotAgentNode(LifecycleNode):
         if not regions:
             self._stats.incr("detections.rejected")
             return
-        request = PendingRequest(self._stats, "detections")
-        worker.submit_stream(Job("detections", lambda: self._answer_detections(request, stamp_ns, regions),
+        detections = _AwaitingDetections(PendingRequest(self._stats, "detections"), regions, where)
+        # Matched here, without waiting: a frame that has not arrived yet is waited for in
+        # self._awaiting (released by _release_awaiting), never on the inference worker.
+        match = self._frames.match(stamp_ns, config.match_tolerance_ns)
+        if match.status in PENDING_STATUSES and config.frames_wait_s > 0:
+            accepted, evicted = self._awaiting.add(stamp_ns, detections, time.monotonic() + config.frames_wait_s)
+            for old in evicted:
+                self._drop(old.request, "too many detection messages waiting for their frame "
+                                        "(queues.max_pending_detections): a newer message replaced it", old.where)
+            if not accepted:
+                self._drop(detections.request, "stopped", where)
+            return
+        self._dispatch_detections(detections, match)
+
+    def _release_awaiting(self) -> None:
+        """Detections waiting for their frame: queue those whose frame has arrived, and finish as
+        unmatched those whose lookup failed for good or that waited frames.wait_s in vain."""
+        config = self._config
+        if config is None:
+            return
+        tolerance = config.match_tolerance_ns
+        for detections, match in self._awaiting.pop_ready(self._frames, tolerance):
+            self._dispatch_detections(detections, match)
+        for stamp_ns, detections in self._awaiting.pop_expired(time.monotonic()):
+            self._dispatch_detections(detections, self._frames.match(stamp_ns, tolerance))
+
+    def _dispatch_detections(self, detections: _AwaitingDetections,
+                             match: MatchResult[convert.DecodedFrame]) -> None:
+        """Queue matched detections for the worker; else count them unmatched, with the reason."""
+        request, where = detections.request, detections.where
+        if not match.ok:
+            if request.finish("unmatched", Outcome(False, match.message)):
+                self._warn("detections.unmatched", f"{where}: no frame: {match.message}")
+            return
+        worker = self._worker
+        if worker is None:
+            self._drop(request, "the node is not configured", where)
+            return
+        frame, regions = match.frame.item, detections.regions
+        worker.submit_stream(Job("detections", lambda: self._answer_detections(request, frame, regions, where),
                                  lambda reason: self._drop(request, reason, where),
                                  lambda reason: self._fail(request, reason, where)))
 
-    def _answer_detections(self, request: PendingRequest, stamp_ns: int,
-                           detections: list[convert.DetectionRegion]) -> None:
-        """Worker: match the frame, describe each detection (and suggest actions for the task)."""
+    def _answer_detections(self, request: PendingRequest, frame: convert.DecodedFrame,
+                           detections: list[convert.DetectionRegion], where: str) -> None:
+        """Worker: describe each detection on its matched frame (and suggest actions for the task)."""
         config, builder = self._config, self._builder
-        where = f"detections at {format_ns(stamp_ns)}"
         if config is None or builder is None:
             request.finish("failed", Outcome(False, "node not configured"))
             return
-        match = self._frames.wait_match(stamp_ns, config.match_tolerance_ns, config.frames_wait_s)
-        if not match.ok:
-            request.finish("unmatched", Outcome(False, match.message))
-            self._warn("detections.unmatched", f"{where}: no frame: {match.message}")
-            return
-        frame = match.frame.item
         size = (frame.width, frame.height)
         kept: list[convert.DetectionRegion] = []
         instructions: list[ReferringInstruction] = []
@@ -1077,6 +1141,7 @@ class ChatSpotAgentNode(LifecycleNode):
             frames_buffered=len(self._frames), frames_capacity=self._frames.capacity,
             newest_stamp_ns=span[1] if span else None, queue_requests=queue_requests,
             queue_detections=queue_detections, worker_busy=busy, task=self._task,
+            awaiting_frame=len(self._awaiting),
         )
         array = DiagnosticArray(status=build_statuses(snapshot))
         array.header.stamp = self.get_clock().now().to_msg()

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chatspot_ros.frames import FrameBuffer, MatchStatus, format_ns, ns_to_stamp, stamp_to_ns
+from chatspot_ros.frames import FrameBuffer, MatchStatus, WaitingRoom, format_ns, ns_to_stamp, stamp_to_ns
 
 MS = 1_000_000
 
@@ -74,6 +74,50 @@ def test_wait_match_returns_when_the_frame_arrives() -> None:
     assert buffer.wait_match(900 * MS, 0, timeout_s=0.2).status is MatchStatus.NOT_YET
     assert 0.15 < time.monotonic() - start < 2.0
     assert buffer.wait_match(10 * MS, 0, timeout_s=5.0).status is MatchStatus.TOO_OLD  # no waiting
+
+
+def test_waiting_room_releases_items_when_their_frame_arrives_or_fails_for_good() -> None:
+    buffer: FrameBuffer[str] = FrameBuffer(10)
+    room: WaitingRoom[str] = WaitingRoom(4)
+    for name, stamp in (("early", 100 * MS), ("later", 300 * MS), ("between", 150 * MS)):
+        assert room.add(stamp, name, deadline=10.0) == (True, [])
+    assert room.pop_ready(buffer, 0) == [] and len(room) == 3  # EMPTY: all may still come
+    buffer.push(100 * MS, "f100")
+    ready = room.pop_ready(buffer, 5 * MS)
+    assert [(item, r.status) for item, r in ready] == [("early", MatchStatus.EXACT)]
+    assert ready[0][1].frame.item == "f100" and len(room) == 2  # "between" and "later" are newer
+    buffer.push(200 * MS, "f200")  # "between" (150) now lies inside the buffered span: not found
+    ready = room.pop_ready(buffer, 5 * MS)
+    assert [(item, r.status) for item, r in ready] == [("between", MatchStatus.NOT_FOUND)]
+    buffer.push(302 * MS, "f302")
+    ready = room.pop_ready(buffer, 5 * MS)
+    assert [(item, r.status, r.frame.item) for item, r in ready] == [("later", MatchStatus.NEAREST, "f302")]
+    assert len(room) == 0 and room.pop_ready(buffer, 0) == []
+
+
+def test_waiting_room_expires_by_deadline_and_is_bounded() -> None:
+    room: WaitingRoom[str] = WaitingRoom(2)
+    room.add(1, "a", deadline=1.0)
+    room.add(2, "b", deadline=2.0)
+    accepted, evicted = room.add(3, "c", deadline=3.0)  # full: the oldest arrival makes room
+    assert accepted and evicted == ["a"] and len(room) == 2
+    assert room.pop_expired(1.5) == []
+    assert room.pop_expired(2.0) == [(2, "b")] and len(room) == 1
+    room.add(4, "d", deadline=9.0)
+    assert room.set_capacity(1) == ["c"] and room.capacity == 1
+    assert room.pop_expired(100.0) == [(4, "d")]
+
+
+def test_a_closed_waiting_room_refuses_items_until_reopened() -> None:
+    room: WaitingRoom[str] = WaitingRoom(3)
+    room.add(1, "a", deadline=1.0)
+    room.add(2, "b", deadline=1.0)
+    assert room.drain(close=True) == ["a", "b"] and len(room) == 0
+    assert room.add(3, "c", deadline=1.0) == (False, [])
+    room.reopen()
+    assert room.add(3, "c", deadline=1.0) == (True, [])
+    assert room.drain() == ["c"]
+    assert room.add(4, "d", deadline=1.0)[0]  # drain without close keeps it open
 
 
 @settings(max_examples=100, deadline=None)

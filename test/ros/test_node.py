@@ -258,3 +258,35 @@ def test_the_node_declares_every_parameter_of_the_params_file(client: RosClient,
     assert values[2].integer_value == file_params["frames.buffer_size"]
     assert values[3].string_value == file_params["qos.image_reliability"]
     assert "--params-file" in agent.cmd
+
+
+def test_a_detection_waits_for_its_frame_without_holding_up_requests(client: RosClient) -> None:
+    """A detection that overtakes its image waits for it off the worker: an ``ask`` meanwhile is
+    answered while the detection still waits, and the detection is then described on its frame."""
+    name = f"/test_node/{NODE}"
+    double = lambda v: ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=v)  # noqa: E731
+    out = client.collect(RegionDescriptionArray, "region_descriptions")
+    publish_frames(client, [(1100, 0)])
+    assert _set(client, "frames.wait_s", double(10.0)).successful
+    try:
+        client.wait_for_subscriber("detections", detections_msg(stamp(0), []).__class__)
+        dets = [detection(40, 30, 30, 20, "early_1", "cup", 0.9)]
+        client.publish("detections", detections_msg(stamp(1100, 500_000_000), dets, FRAME))  # before its frame
+        assert client.spin_until(lambda: client.diagnostics(name)["queue.awaiting_frame"] == "1", 10)
+
+        start = time.monotonic()
+        response = client.call(AskRegion, "ask", AskRegion.Request(question="What is it?",
+                                                                     regions=[box_region(10, 10, 50, 50)]))
+        assert response.success, response.message
+        assert response.header.stamp.sec == 1100
+        assert time.monotonic() - start < 8.0
+        assert client.diagnostics(name)["queue.awaiting_frame"] == "1", "the detection should still wait"
+        assert not out
+
+        publish_frames(client, [(1100, 500_000_000)])
+        wait_for(client, out)
+        assert (out[0].header.stamp.sec, out[0].header.stamp.nanosec) == (1100, 500_000_000)
+        assert [d.region.id for d in out[0].descriptions] == ["early_1"]
+        assert client.diagnostics(name)["queue.awaiting_frame"] == "0"
+    finally:
+        assert _set(client, "frames.wait_s", double(0.5)).successful

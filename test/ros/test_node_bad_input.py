@@ -49,7 +49,8 @@ def settle(client: RosClient, timeout: float = 30.0) -> dict[str, int]:
     end = time.monotonic() + timeout
     while True:
         values = client.diagnostics(NODE)
-        idle = values["queue.requests"] == "0" and values["queue.detections"] == "0" and values["worker.busy"] == "False"
+        idle = (values["queue.requests"] == "0" and values["queue.detections"] == "0"
+                and values["queue.awaiting_frame"] == "0" and values["worker.busy"] == "False")
         if idle or time.monotonic() > end:
             assert idle, "agent queues did not drain"
             return {k: int(v) for k, v in values.items() if v.lstrip("-").isdigit()}

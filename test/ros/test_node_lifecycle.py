@@ -109,3 +109,33 @@ def test_deactivating_fails_the_running_goal_with_a_reason(agent: AgentProcess, 
     assert client.wait_future(future, 30).success
     assert state(client) == State.PRIMARY_STATE_INACTIVE
     assert agent.alive()
+
+
+def test_deactivating_drops_and_counts_detections_waiting_for_their_frame(agent: AgentProcess,
+                                                                           client: RosClient) -> None:
+    from rcl_interfaces.msg import ParameterValue as Value
+    from vision_msgs.msg import Detection2DArray
+
+    from chatspot_ros.ros.stats import OUTCOMES
+    from ros_harness import detection, detections_msg
+
+    name = f"/test_node_lifecycle/{NODE}"
+    if state(client) != State.PRIMARY_STATE_ACTIVE:
+        if state(client) == State.PRIMARY_STATE_UNCONFIGURED:
+            assert transition(client, Transition.TRANSITION_CONFIGURE)
+        assert transition(client, Transition.TRANSITION_ACTIVATE)
+    ask_works(client, 40)
+    request = SetParameters.Request(parameters=[Parameter(
+        name="frames.wait_s", value=Value(type=ParameterType.PARAMETER_DOUBLE, double_value=10.0))])
+    assert client.call(SetParameters, f"{NODE}/set_parameters", request).results[0].successful
+    client.wait_for_subscriber("detections", Detection2DArray)
+    before = int(client.diagnostics(name).get("detections.dropped", "0"))
+    client.publish("detections", detections_msg(stamp(41), [detection(20, 20, 10, 10, "later")], "camera_optical"))
+    assert client.spin_until(lambda: client.diagnostics(name)["queue.awaiting_frame"] == "1", 10)
+    assert transition(client, Transition.TRANSITION_DEACTIVATE)
+    values = client.diagnostics(name)
+    assert values["queue.awaiting_frame"] == "0"
+    assert int(values["detections.dropped"]) == before + 1
+    outcomes = sum(int(values[f"detections.{o}"]) for o in OUTCOMES["detections"])
+    assert int(values["detections.received"]) == outcomes
+    assert "node deactivated" in agent.log()
