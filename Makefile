@@ -4,7 +4,7 @@
 MODEL ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench clean setup-vllm test-vllm
 
 setup:
 	@bash scripts/setup.sh
@@ -12,12 +12,23 @@ setup:
 demo: setup
 	@bash scripts/run_in_env.sh python scripts/demo.py $(if $(MODEL),--model "$(MODEL)")
 
+# The node's DDS tests run in a pytest process of their own: in one process after the other
+# tests, some agents hung at shutdown inside the middleware's wait (2026-12-01, not yet understood).
 test: setup
-	@bash scripts/run_in_env.sh python -m pytest $(PYTEST_ARGS)
+	@bash scripts/run_in_env.sh python -m pytest --ignore=test/ros $(PYTEST_ARGS)
+	@bash scripts/run_in_env.sh python -m pytest test/ros $(PYTEST_ARGS)
 
 bench: setup
 	@bash scripts/run_in_env.sh chatspot-bench --preset small
 	@bash scripts/run_in_env.sh python scripts/bench_node.py
+
+# vLLM (docs/vllm.md): its own venv, made only when asked (about 3 minutes and 3.5 GB the first time).
+setup-vllm:
+	@nice -n 19 bash scripts/setup_vllm.sh
+
+# The tests against the real engine: one vLLM server for the session (start-up about 90 s on 2 cores).
+test-vllm: setup setup-vllm
+	@bash scripts/run_in_env.sh nice -n 19 python -m pytest test/vllm -m vllm -rs $(PYTEST_ARGS)
 
 clean:
 	rm -rf build install log

@@ -30,16 +30,23 @@ setup(
         "transformers>=4.45",
         "tokenizers",
         "safetensors",
+        "tqdm",
+        "matplotlib",
     ],
     extras_require={
         "onnx": ["onnx", "onnxruntime", "onnxscript"],
         "test": ["pytest", "hypothesis"],
+        "train": ["peft"],
+        "vllm": ["openai"],  # the vllm backend's client (docs/vllm.md); also in requirements/runtime.txt
     },
     entry_points={
         "console_scripts": [
             "chatspot-ask = chatspot_ros.cli.ask:main",
             "chatspot-bench = chatspot_ros.cli.bench:main",
             "chatspot-build-engine = chatspot_ros.cli.build_engine:main",
+            "chatspot-eval = chatspot_ros.cli.eval:main",
+            "chatspot-train = chatspot_ros.cli.train:main",
+            "chatspot-world = chatspot_ros.cli.world:main",
             "chatspot-agent = chatspot_ros.agent:main",
         ]
     },

@@ -9,6 +9,7 @@ with lifecycle transitions (``ros2 lifecycle set /chatspot_agent configure``).
 """
 from __future__ import annotations
 
+import faulthandler
 import signal
 import sys
 from types import FrameType
@@ -41,6 +42,8 @@ def _raise_keyboard_interrupt(signum: int, frame: Optional[FrameType]) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = list(sys.argv if argv is None else argv)
     tune_allocator()  # decoded frames reuse heap memory instead of page-faulting (ros/allocator.py)
+    # `kill -USR1 <pid>` prints every thread's Python stack to stderr: where a stuck node waits.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     # Handle SIGINT/SIGTERM ourselves (KeyboardInterrupt) so that the context is still valid
     # when the node shuts down through its lifecycle and frees the model.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
@@ -61,7 +64,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     "accepts lifecycle transitions")
             elif node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
                 node.get_logger().error("autostart: activate failed (see above)")
-        executor.spin()
+        # spin() would block in the middleware's wait until some entity is ready, and Python runs
+        # the SIGINT handler only when the main thread gets back to bytecode: wake up twice a second.
+        while rclpy.ok(context=node.context):
+            executor.spin_once(timeout_sec=0.5)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

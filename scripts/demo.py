@@ -1,19 +1,22 @@
 #!/usr/bin/env python3
-"""End-to-end demo of the chatspot_agent node on a synthetic scene (``make demo``).
+"""End-to-end demo of the chatspot_agent node on the tabletop world (``make demo``).
 
-1. the model: ``--model DIR`` (a local checkpoint), else a tiny LLaVA with RANDOM weights built
-   once into ``--cache-dir``: its answers are meaningless text. The demo then shows the plumbing
+1. the model: ``--model DIR`` (a local checkpoint, e.g. one trained on the tabletop world with
+   ``chatspot-train``, docs/training.md), else a tiny LLaVA with RANDOM weights built once into
+   ``--cache-dir``: its answers are meaningless text, and the demo then shows the plumbing
    (topics, services, the action, headers, latencies), not what a trained model would say;
 2. the node: ``python -m chatspot_ros.agent --ros-args --params-file config/agent.yaml
    -p model.path:=...`` as a subprocess;
-3. a camera and a detector: frames with coloured shapes and matching Detection2DArray messages,
-   published for a few seconds; the node's region_descriptions are printed as they come;
-4. a planner: ``scripts/planner_client.py`` in its own process calls ``ask``, ``suggest_actions``
-   and the ``describe`` action and prints answers with latencies.
+3. a camera and a detector: frames of the tabletop world (docs/world.md, an evaluation seed the
+   model never trained on) with Detection2DArray messages of the objects' boxes, labelled only
+   "object"; a click on one object; every answer is printed beside the ground truth;
+4. a planner: ``scripts/planner_client.py`` in its own process asks about an object's box, asks
+   for an action plan for a task about it and streams a description.
 
 Every process runs with ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST on a private ROS_DOMAIN_ID.
 Exit status 0 only when the node came up, descriptions arrived, every planner call succeeded and
-the node shut down cleanly; 1 otherwise (2 for a bad ``--model``).
+the node shut down cleanly; 1 otherwise (2 for a bad ``--model``). How many answers name the right
+object is printed, not enforced.
 """
 from __future__ import annotations
 
@@ -36,39 +39,30 @@ import numpy as np  # noqa: E402
 import rclpy  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import QoSProfile, qos_profile_sensor_data  # noqa: E402
+from geometry_msgs.msg import PointStamped  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose  # noqa: E402
 
 from chatspot_ros.msg import RegionDescriptionArray  # noqa: E402
 from chatspot_ros.srv import AskRegion  # noqa: E402
 
+from chatspot_ros.world import render as render_world, sample_scene, sample_task  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 FRAME_ID = "camera_color_optical_frame"
 WIDTH, HEIGHT = 320, 240
-SHAPES = (  # (label, colour RGB, kind, size)
-    ("red box", (220, 40, 40), "box", 50),
-    ("green ball", (40, 190, 60), "disc", 26),
-    ("blue block", (40, 80, 220), "box", 36),
-)
+DEMO_SEED = 2026  # an evaluation seed: never used in training (docs/world.md)
 
 
-def render(t: float) -> tuple[np.ndarray, list[tuple[str, float, float, float, float]]]:
-    """One frame at time ``t`` and its ground-truth boxes (label, cx, cy, w, h)."""
-    yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH]
-    frame = np.stack([120 + xx * 60 // WIDTH, 110 + yy * 50 // HEIGHT, np.full_like(xx, 100)], -1).astype(np.uint8)
-    frame[HEIGHT * 3 // 4:, :] = (90, 70, 50)  # a table edge
-    boxes = []
-    for i, (label, colour, kind, size) in enumerate(SHAPES):
-        cx = WIDTH * (0.2 + 0.3 * i) + 25 * np.sin(t * 0.8 + i)
-        cy = HEIGHT * 0.55 + 15 * np.cos(t * 0.6 + 2 * i)
-        if kind == "disc":
-            frame[(xx - cx) ** 2 + (yy - cy) ** 2 <= size ** 2] = colour
-            boxes.append((label, cx, cy, 2.0 * size, 2.0 * size))
-        else:
-            x0, y0 = int(cx - size / 2), int(cy - size / 2)
-            frame[max(0, y0):y0 + size, max(0, x0):x0 + size] = colour
-            boxes.append((label, cx, cy, float(size), float(size)))
-    return frame, boxes
+def demo_scene(index: int):  # noqa: ANN201 (a world Scene)
+    """The first scene from ``index`` on with at least three objects (a fuller table to talk about)."""
+    while len(sample_scene(DEMO_SEED, index).objects) < 3:
+        index += 1
+    return sample_scene(DEMO_SEED, index)
+
+
+def names_object(answer: str, category: str) -> bool:
+    return category in answer.lower()
 
 
 class ScenePlayer:
@@ -83,7 +77,14 @@ class ScenePlayer:
         self.det_pub = self.node.create_publisher(Detection2DArray, "detections", QoSProfile(depth=10))
         self.node.create_subscription(RegionDescriptionArray, "region_descriptions", self._on_descriptions,
                                       QoSProfile(depth=10))
+        self.click_pub = self.node.create_publisher(PointStamped, "clicked_point", QoSProfile(depth=10))
+        self.scene = demo_scene(0)
+        self.frame = render_world(self.scene)
+        self.truth = {f"object_{i}": o.category for i, o in enumerate(self.scene.objects)}
+        self.truth["click"] = self.scene.objects[-1].category
         self.descriptions = 0
+        self.checked = 0
+        self.correct = 0
         self.frames = 0
         self._start = time.monotonic()
         self.node.create_timer(1.0 / fps, self._tick)
@@ -95,7 +96,7 @@ class ScenePlayer:
         self._thread.start()
 
     def _tick(self) -> None:
-        frame, boxes = render(time.monotonic() - self._start)
+        frame = self.frame
         stamp = self.node.get_clock().now().to_msg()
         image = Image(width=WIDTH, height=HEIGHT, encoding="rgb8", step=WIDTH * 3, data=frame.tobytes())
         image.header.stamp, image.header.frame_id = stamp, FRAME_ID
@@ -106,17 +107,22 @@ class ScenePlayer:
         self.image_pub.publish(image)
         self.info_pub.publish(info)
         self.frames += 1
-        if self.frames % 5 == 1:  # a slower detector: every 5th frame
+        if self.frames % 10 == 1:  # a slower detector: every 10th frame; it finds objects, not names
             detections = Detection2DArray(header=image.header)
-            for i, (label, cx, cy, w, h) in enumerate(boxes):
-                det = Detection2D(header=image.header, id=f"{label.replace(' ', '_')}_{i}")
+            for i, obj in enumerate(self.scene.objects):
+                det = Detection2D(header=image.header, id=f"object_{i}")
+                (cx, cy), s = obj.center, float(obj.size)
                 det.bbox.center.position.x, det.bbox.center.position.y = float(cx), float(cy)
-                det.bbox.size_x, det.bbox.size_y = w, h
+                det.bbox.size_x, det.bbox.size_y = s, s
                 hypothesis = ObjectHypothesisWithPose()
-                hypothesis.hypothesis.class_id, hypothesis.hypothesis.score = label, 0.9 - 0.1 * i
+                hypothesis.hypothesis.class_id, hypothesis.hypothesis.score = "object", 0.9
                 det.results.append(hypothesis)
                 detections.detections.append(det)
             self.det_pub.publish(detections)
+        if self.frames == 15:  # a person clicks on the last object
+            click = PointStamped(header=image.header)
+            click.point.x, click.point.y = (float(v) for v in self.scene.objects[-1].inside_point(np.random.default_rng(0)))
+            self.click_pub.publish(click)
 
     def _on_descriptions(self, msg: RegionDescriptionArray) -> None:
         self.descriptions += 1
@@ -125,7 +131,12 @@ class ScenePlayer:
             print(f"[scene] region_descriptions for the frame at {stamp:.3f} "
                   f"({msg.inference_time_s * 1000:.0f} ms, model {msg.model}):")
             for d in msg.descriptions:
-                print(f"          {d.region.id:<14} {d.label:<11} {d.text[:70]!r}")
+                truth = self.truth.get(d.region.id, "")
+                ok = names_object(d.text, truth) if truth else False
+                self.checked += 1 if truth else 0
+                self.correct += 1 if ok else 0
+                mark = "ok   " if ok else "WRONG" if truth else "     "
+                print(f"          {mark} {d.region.id:<9} truth: {truth:<16} answer: {d.text[:64]!r}")
 
     def stop(self) -> None:
         self.executor.shutdown()
@@ -164,11 +175,18 @@ def stop_agent(agent: subprocess.Popen) -> int:
     return agent.returncode
 
 
-def run_planner(env: dict[str, str], timeout: float) -> int:
-    """scripts/planner_client.py in its own process; its exit status (1 when it timed out)."""
+def run_planner(env: dict[str, str], timeout: float, scene) -> int:  # noqa: ANN001 (a world Scene)
+    """scripts/planner_client.py in its own process about the scene's first object; its exit status."""
+    target = scene.objects[0]
+    task = sample_task(scene, 0, np.random.default_rng(0))
+    x0, y0, x1, y1 = target.box
     planner_cmd = [sys.executable, str(REPO / "scripts" / "planner_client.py"), "--timeout", str(timeout),
-                   "--box", "30", "90", "110", "170", "--task", "pick up the red box"]
-    print("[demo] starting the planner client in its own process")
+                   "--box", str(x0), str(y0), str(x1), str(y1), "--question", "What can you see in this region?",
+                   "--task", task.text]
+    print(f"[demo] starting the planner client in its own process; its target is the {target.category} "
+          f"(truth), task {task.text!r}; expected plan:")
+    for i, step in enumerate(task.plan, 1):
+        print(f"          {i}. {step}")
     try:
         return subprocess.run(planner_cmd, env=env, cwd=str(REPO), timeout=timeout * 2).returncode
     except subprocess.TimeoutExpired:
@@ -178,9 +196,9 @@ def run_planner(env: dict[str, str], timeout: float) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", type=Path, help="local checkpoint folder (default: the tiny model)")
+    parser.add_argument("--model", type=Path, help="local checkpoint folder (default: the tiny random model)")
     parser.add_argument("--cache-dir", type=Path, default=REPO / "build" / "demo" / "tiny_llava")
-    parser.add_argument("--seconds", type=float, default=4.0, help="how long the scene plays before the planner")
+    parser.add_argument("--seconds", type=float, default=6.0, help="how long the scene plays before the planner")
     parser.add_argument("--fps", type=float, default=10.0)
     parser.add_argument("--timeout", type=float, default=180.0)
     args = parser.parse_args(argv)
@@ -192,14 +210,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     env = dict(os.environ)
     print(f"[demo] ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']} ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST")
     node_cmd = [sys.executable, "-m", "chatspot_ros.agent", "--ros-args",
-                "--params-file", str(REPO / "config" / "agent.yaml"),
-                "-p", f"model.path:={model}", "-p", "generation.max_new_tokens:=24"]
+                "--params-file", str(REPO / "config" / "agent.yaml"), "-p", f"model.path:={model}",
+                "-p", "generation.max_new_tokens:=48"]
     print("[demo] starting the node:", " ".join(node_cmd[1:]))
     agent = subprocess.Popen(node_cmd, env=env, cwd=str(REPO))
     scene: Optional[ScenePlayer] = None
     ok = False
     try:
         scene = ScenePlayer(args.fps)
+        print(f"[demo] the scene: world seed {DEMO_SEED}, frame {scene.scene.index}: "
+              + ", ".join(f"{o.category} at {tuple(int(v) for v in o.box)}" for o in scene.scene.objects))
         ready = scene.node.create_client(AskRegion, "ask")
         scene.start()
         deadline = time.monotonic() + args.timeout
@@ -210,8 +230,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             time.sleep(0.2)
         print(f"[demo] node active; playing the scene for {args.seconds:g} s")
         time.sleep(args.seconds)
-        print(f"[demo] scene: {scene.frames} frames published, {scene.descriptions} description messages received")
-        planner_status = run_planner(env, args.timeout)
+        print(f"[demo] scene: {scene.frames} frames published, {scene.descriptions} description messages received; "
+              f"{scene.correct} of {scene.checked} region descriptions name the right object")
+        planner_status = run_planner(env, args.timeout, scene.scene)
         ok = planner_status == 0 and scene.descriptions > 0
         if not ok:
             print(f"[demo] planner exit {planner_status}, {scene.descriptions} description messages", file=sys.stderr)

@@ -83,7 +83,10 @@ if ! is_done vision-msgs "$vm_hash"; then
 fi
 
 # 4. colcon build of this package ----------------------------------------------------------
-pkg_hash=$( (inputs_hash CMakeLists.txt package.xml msg/*.msg srv/*.srv action/*.action; ls launch config engines) | sha256sum | cut -c1-16)
+# --symlink-install links each installed file: contents follow the tree, but a new file (module,
+# model) only appears after a rebuild, so the list of package files is an input too.
+pkg_hash=$( (inputs_hash CMakeLists.txt package.xml msg/*.msg srv/*.srv action/*.action; ls launch config engines
+             find chatspot_ros -type f ! -name '*.pyc' ! -path '*/__pycache__/*' | LC_ALL=C sort) | sha256sum | cut -c1-16)
 if ! is_done colcon "$pkg_hash" || [ ! -f install/setup.bash ]; then
   step "colcon build of chatspot_ros (interfaces; about 2 minutes)"
   t0=$(date +%s)

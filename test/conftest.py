@@ -6,14 +6,18 @@ that every process a test starts (they inherit os.environ) stays on loopback too
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).parent))
+from ros_domain import claim_session_domain  # noqa: E402
+
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-# One domain per test session so that parallel runs on one machine do not see each other.
-# Domains 1..101 keep clear of 0 (the default a user's own nodes sit on).
-os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 101))
+# One domain per test session so that parallel runs on one machine do not see each other, even
+# when scripts/env.sh exported one (its fixed 42 would be shared by every run): see ros_domain.py.
+SESSION_DOMAIN = claim_session_domain()
 
 
 @pytest.fixture(scope="session")

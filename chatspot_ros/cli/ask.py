@@ -1,7 +1,9 @@
 """chatspot-ask: answer a question about regions of one image file (no ROS).
 
     chatspot-ask --model DIR --image PATH --box 10,20,200,240 --point 320,200 \
-        --question "What is this?" [--format chatspot] [--vision-backend torch] [--json]
+        --question "What is this?" [--format chatspot] [--templates my_instructions.yaml] \
+        [--vision-backend torch] [--json]
+    chatspot-ask --backend vllm --server http://127.0.0.1:8000 --model CONFIG_DIR --image PATH ...
 
 One answer per region (boxes and points in the order given; pixel coordinates of the image);
 without regions, one answer about the whole image. With --json, one JSON object per line.
@@ -18,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from chatspot_ros.remote.cli import add_backend_arguments, server_config_from_args
 from chatspot_ros.runtime.config import DTYPES, VISION_BACKENDS
 
 
@@ -50,7 +53,9 @@ def _point(text: str) -> Any:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chatspot-ask", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, help="local checkpoint folder (llava-hf layout)")
+    parser.add_argument("--model", required=True,
+                        help="local checkpoint folder (llava-hf layout); with --backend vllm, a local copy of the "
+                             "served checkpoint's config files")
     parser.add_argument("--image", required=True, help="image file (JPEG, PNG, ...)")
     parser.add_argument("--box", dest="regions", action="append", type=_box, default=[],
                         metavar="X1,Y1,X2,Y2", help="a box in pixels (repeatable)")
@@ -59,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--question", required=True, help="the question; asked once per region")
     parser.add_argument("--format", dest="dialect", default=None,
                         help="coordinate dialect (default: the checkpoint's)")
+    parser.add_argument("--templates", default="", metavar="YAML",
+                        help="instruction templates file (default: the installed config/instructions.yaml)")
     parser.add_argument("--vision-backend", default="torch", choices=VISION_BACKENDS)
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     parser.add_argument("--dtype", default=None, choices=DTYPES, help="default: float32 on cpu, float16 on cuda")
@@ -66,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--verbose", action="store_true")
+    add_backend_arguments(parser.add_argument_group("backend"))
     return parser
 
 
@@ -90,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     from transformers.utils import logging as hf_logging
 
-    from chatspot_ros.pipeline import ChatSpot
+    from chatspot_ros.pipeline import ChatSpot, load_templates
     from chatspot_ros.runtime import GenerationConfig, RuntimeConfig
 
     hf_logging.disable_progress_bar()
@@ -98,10 +106,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         dtype = args.dtype or ("float32" if args.device == "cpu" else "float16")
         frame = read_image(args.image)
-        config = RuntimeConfig(model_path=args.model, device=args.device, dtype=dtype,
-                               vision_backend=args.vision_backend, engine_dir=args.engine_dir)
         gen = GenerationConfig(max_new_tokens=args.max_new_tokens)
-        chatspot = ChatSpot.from_config(config, dialect=args.dialect)
+        templates = load_templates(args.templates)
+        if args.backend == "vllm":
+            chatspot = ChatSpot.from_server(server_config_from_args(args, args.model), dialect=args.dialect,
+                                            templates=templates)
+        else:
+            config = RuntimeConfig(model_path=args.model, device=args.device, dtype=dtype,
+                                   vision_backend=args.vision_backend, engine_dir=args.engine_dir)
+            chatspot = ChatSpot.from_config(config, dialect=args.dialect, templates=templates)
         size = (frame.shape[1], frame.shape[0])
         regions = [[r] for r in args.regions] if args.regions else [[]]
         requests = [chatspot.builder.ask(args.question, r, size) for r in regions]

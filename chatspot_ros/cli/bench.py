@@ -1,6 +1,7 @@
 """chatspot-bench: K regions on one frame, naive per-region HF generate() vs the runtime.
 
     chatspot-bench --preset small --k 1 4 16 [--max-new-tokens 16] [--json]
+    chatspot-bench --model DIR --backend vllm --server http://127.0.0.1:8000   # + the served engine
 
 naive   = what users write: for every region, pad the frame, run the LlavaProcessor (image + prompt)
           and ``model.generate()``; the frame is encoded and the prompt prefilled K times.
@@ -10,10 +11,20 @@ runtime = ``ChatSpotRuntime``: the frame encoded once, the shared prefix (system
 Both decode greedily with the same max_new_tokens and no stop strings; the bench checks that the
 token ids are identical in the same run. ``ceiling`` = (P + S) / (P / K + S) is the compute-bound
 speedup of sharing the prefix: P = prefix tokens, S = suffix tokens + generated tokens per region.
+
+``--backend vllm --server URL`` adds a third column in the same run: the K regions of the same
+frame as K concurrent chat completions to a vLLM server serving the same checkpoint (``--model``,
+or the preset folder, is read for Φ and the template and loaded for the two local columns; start
+the server with ``scripts/serve_vllm.sh DIR PORT``). Every timed repeat uses a frame the server has
+not seen (its first pixel set to a counter), so the server encodes it once per repeat and its prefix cache can
+only share the image prefix across that frame's K regions, as for a new camera frame; naive and
+runtime get the same frame. Its greedy ids are checked against the naive loop's, region by region
+("16/16"); ``cache hit`` is the share of prompt tokens the server's prefix cache served (/metrics).
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -52,6 +63,13 @@ class BenchRow:
     suffix_tokens: float
     generated_tokens: float
     naive_vision_ms: float
+    # --backend vllm: the served engine on the same frames and prompts (None without it)
+    vllm_ms: float | None = None
+    vllm_speedup: float | None = None
+    vllm_identical: int | None = None  # regions whose greedy ids equal the naive loop's
+    vllm_ttft_ms: float | None = None
+    vllm_prefix_hit: float | None = None  # share of prompt tokens served by the prefix cache
+    vllm_divergent: list[int] | None = None  # region indices whose ids differ
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     parser.add_argument("--frame-size", default="640x480", help="WxH of the synthetic camera frame")
     parser.add_argument("--json", action="store_true", help="one JSON object per config")
+    from chatspot_ros.remote.cli import add_backend_arguments
+
+    add_backend_arguments(parser.add_argument_group("vllm (--backend vllm adds the served engine as a third column)"))
+    parser.set_defaults(server_concurrency=16, server_timeout=300.0)  # all K regions of a frame in flight at once
     return parser
 
 
@@ -135,21 +157,66 @@ def run_runtime(chatspot: Any, frame: np.ndarray, prompts: Sequence[str], max_ne
     return generations, (time.perf_counter() - start) * 1e3, features.vision_ms
 
 
+def run_vllm(remote: Any, frame: np.ndarray, prompts: Sequence[str], max_new_tokens: int) -> tuple[list[Any], float]:
+    """(generations, total ms) of the K prompts as concurrent chat completions (the frame encoded once)."""
+    from chatspot_ros.runtime import GenerationConfig
+
+    runtime = remote.runtime
+    start = time.perf_counter()
+    features = runtime.encode(frame)  # no key: a new data URL, as for a new camera frame
+    generations = runtime.generate(features, prompts, GenerationConfig(max_new_tokens=max_new_tokens))
+    return generations, (time.perf_counter() - start) * 1e3
+
+
+_VARIANTS = itertools.count(1)
+
+
+def _variant(frame: np.ndarray) -> np.ndarray:
+    """The frame with its first pixel set to a counter: new to the server's caches (every repeat of
+    every K), the same scene for every column."""
+    out = frame.copy()
+    n = next(_VARIANTS)
+    out[0, 0] = (n % 256, (n // 256) % 256, 255 - n % 256)
+    return out
+
+
 def bench_one(chatspot: Any, processor: Any, frame: np.ndarray, k: int, args: argparse.Namespace,
-              model_name: str) -> BenchRow:
+              model_name: str, remote: Any = None) -> BenchRow:
     size = (frame.shape[1], frame.shape[0])
     requests = [chatspot.builder.ask(QUESTIONS[i % len(QUESTIONS)], [r], size)
                 for i, r in enumerate(_regions(k, *size))]
     prompts = [chatspot.prompt_for(r) for r in requests]
     runtime = chatspot.runtime
 
-    naive_times, naive_vision, runtime_times = [], [], []
+    if remote is not None:  # the served model must read the regions as the local one does
+        served = [remote.prompt_for(remote.builder.ask(QUESTIONS[i % len(QUESTIONS)], [r], size))
+                  for i, r in enumerate(_regions(k, *size))]
+        if served != prompts:
+            raise ValueError("the vllm backend builds other prompts than the local runtime: is --model the "
+                             "served checkpoint?")
+
+    naive_times, naive_vision, runtime_times, vllm_times, vllm_ttft = [], [], [], [], []
     identical = True
+    divergent: set[int] = set()
+    cache_queries = cache_hits = 0.0
     for repeat in range(args.repeats + 1):  # the first run of each is a warm-up
-        naive_tokens, naive_ms, prep_ms = run_naive(chatspot, processor, frame, prompts, args.max_new_tokens)
-        generations, runtime_ms, vision_ms = run_runtime(chatspot, frame, prompts, args.max_new_tokens)
+        shown = _variant(frame) if remote is not None else frame
+        naive_tokens, naive_ms, prep_ms = run_naive(chatspot, processor, shown, prompts, args.max_new_tokens)
+        generations, runtime_ms, vision_ms = run_runtime(chatspot, shown, prompts, args.max_new_tokens)
         # Greedy: every run, the warm-up included, must give the naive loop's token ids.
         identical = identical and [list(g.token_ids) for g in generations] == naive_tokens
+        if remote is not None:
+            before = remote.runtime.client.metrics()
+            served_gens, vllm_ms = run_vllm(remote, shown, prompts, args.max_new_tokens)
+            after = remote.runtime.client.metrics()
+            divergent |= {i for i, (g, n) in enumerate(zip(served_gens, naive_tokens)) if list(g.token_ids) != n}
+            if repeat > 0:
+                vllm_times.append(vllm_ms)
+                vllm_ttft.append(served_gens[0].prefill_ms)
+                cache_queries += after.get("vllm:prefix_cache_queries_total", 0.0) - \
+                    before.get("vllm:prefix_cache_queries_total", 0.0)
+                cache_hits += after.get("vllm:prefix_cache_hits_total", 0.0) - \
+                    before.get("vllm:prefix_cache_hits_total", 0.0)
         if repeat > 0:
             naive_times.append(naive_ms)
             naive_vision.append(prep_ms)
@@ -175,6 +242,12 @@ def bench_one(chatspot: Any, processor: Any, frame: np.ndarray, k: int, args: ar
         decode_tok_s=round(total_generated / decode_s, 1) if decode_s > 0 else 0.0,
         prefix_tokens=prefix, suffix_tokens=round(suffix, 1), generated_tokens=round(generated, 1),
         naive_vision_ms=round(statistics.median(naive_vision), 2),
+        **({} if remote is None else dict(
+            vllm_ms=round(statistics.median(vllm_times), 2),
+            vllm_speedup=round(naive_med / statistics.median(vllm_times), 2),
+            vllm_identical=k - len(divergent), vllm_ttft_ms=round(statistics.median(vllm_ttft), 2),
+            vllm_prefix_hit=round(cache_hits / cache_queries, 3) if cache_queries else 0.0,
+            vllm_divergent=sorted(divergent))),
     )
 
 
@@ -235,6 +308,18 @@ def _print_table(rows: Sequence[BenchRow]) -> None:
               f"{r.suffix_tokens + r.generated_tokens:>6.1f}")
 
 
+def _print_vllm_table(rows: Sequence[BenchRow]) -> None:
+    print(f"{'model':<24} {'K':>3} {'naive ms':>10} {'runtime ms':>11} {'vllm ms':>9} {'runtime x':>10} "
+          f"{'vllm x':>7} {'runtime same':>13} {'vllm same':>10} {'vllm TTFT ms':>13} {'cache hit':>10}")
+    for r in rows:
+        print(f"{r.model:<24} {r.k:>3} {r.naive_ms:>10.1f} {r.runtime_ms:>11.1f} {r.vllm_ms:>9.1f} "
+              f"{r.speedup:>9.2f}x {r.vllm_speedup:>6.2f}x {str(r.identical):>13} "
+              f"{f'{r.vllm_identical}/{r.k}':>10} {r.vllm_ttft_ms:>13.1f} {r.vllm_prefix_hit:>10.0%}")
+    for r in rows:
+        if r.vllm_divergent:
+            print(f"# K={r.k}: vllm ids differ from naive generate for regions {r.vllm_divergent}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -254,17 +339,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         width, height = (int(v) for v in args.frame_size.lower().split("x"))
         folder, model_name = _model_dir(args)
         dtype = args.dtype or ("float32" if args.device == "cpu" else "float16")
+        server_config = None
+        if args.backend == "vllm":
+            from chatspot_ros.remote.cli import server_config_from_args
+
+            server_config = server_config_from_args(args, str(folder))
         chatspot = ChatSpot.from_config(RuntimeConfig(model_path=str(folder), device=args.device, dtype=dtype,
                                                       vision_backend=args.vision_backend))
     except (FileNotFoundError, ValueError, ImportError, RuntimeError) as err:
         print(f"chatspot-bench: error: {err}", file=sys.stderr)
         return 2
+    remote = None
+    if server_config is not None:
+        from chatspot_ros.runtime import ModelError
+
+        try:
+            remote = ChatSpot.from_server(server_config)  # health and the served name checked here
+        except (ModelError, FileNotFoundError, ValueError) as err:
+            chatspot.close()
+            print(f"chatspot-bench: error: {err}", file=sys.stderr)
+            return 2
     try:
         processor = AutoProcessor.from_pretrained(str(folder), local_files_only=True)
         frame = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
         rows = []
         for k in args.k:
-            rows.append(bench_one(chatspot, processor, frame, k, args, model_name))
+            rows.append(bench_one(chatspot, processor, frame, k, args, model_name, remote))
             if args.json:
                 print(json.dumps(asdict(rows[-1])), flush=True)
         on_gpu = chatspot.runtime.device.type == "cuda"
@@ -275,12 +375,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"# {model_name}, device {args.device}, dtype {dtype}, threads {torch.get_num_threads()}, "
                   f"vision backend {chatspot.runtime.backend_name}, max_new_tokens {args.max_new_tokens}, "
                   f"median of {args.repeats}")
-            _print_table(rows)
+            if remote is not None:
+                print(f"# vllm: {remote.runtime.model_name} at {server_config.display_url}, "
+                      f"{server_config.max_concurrency} requests in flight, image {server_config.image_format}")
+                _print_vllm_table(rows)
+            else:
+                _print_table(rows)
             if extra is not None:
                 print("# single-stream decode vs memory-bandwidth bound:", json.dumps(extra))
     finally:
         chatspot.close()
-    return 0 if all(r.identical for r in rows) else 1
+        if remote is not None:
+            remote.close()
+    return 0 if all(r.identical and (r.vllm_identical is None or r.vllm_identical == r.k) for r in rows) else 1
 
 
 if __name__ == "__main__":

@@ -28,6 +28,9 @@ class ConversationTemplate:
     after_image: str  # between the placeholder and the instruction
     tail: str  # after the instruction, up to where the assistant starts
     stop: tuple[str, ...] = ()  # strings that end the assistant's answer
+    end_of_turn: str = ""  # the token that closes an assistant answer (always supervised in training)
+    turn_separator: str = ""  # text between an answer's end_of_turn and the next user turn
+    user: str = ""  # how a follow-up user turn starts
 
     @property
     def prefix(self) -> str:
@@ -44,6 +47,12 @@ class ConversationTemplate:
                 "the template places the image itself"
             )
         return self.prefix + self.after_image + instruction_text + self.tail
+
+    def next_turn(self, instruction_text: str) -> str:
+        """A follow-up user turn after an answer (multi-turn training data): no image, same tail."""
+        if not instruction_text.strip():
+            raise ValueError("instruction text is empty")
+        return self.turn_separator + self.user + instruction_text + self.tail
 
     def split(self, prompt: str) -> tuple[str, str]:
         """(shared prefix, per-region rest) of a prompt rendered by this template."""
@@ -62,6 +71,8 @@ _TEMPLATES = {
         after_image="\n",
         tail=" ASSISTANT:",
         stop=("</s>", "USER:"),
+        end_of_turn="</s>",
+        user="USER: ",
     ),
     # Qwen2-VL / Qwen2.5-VL chat template with one image before the text.
     "chatml": ConversationTemplate(
@@ -72,6 +83,9 @@ _TEMPLATES = {
         after_image="",
         tail="<|im_end|>\n<|im_start|>assistant\n",
         stop=("<|im_end|>", "<|endoftext|>"),
+        end_of_turn="<|im_end|>",
+        turn_separator="\n",
+        user="<|im_start|>user\n",
     ),
 }
 

@@ -35,6 +35,7 @@ _TEMPLATE_FIELDS: dict[str, frozenset[str]] = {
     "what_in_region": frozenset({"region"}),
     "text_in_region": frozenset({"region"}),
     "suggest_actions": frozenset({"task", "region"}),
+    "find_region": frozenset({"expression"}),
     "multi_region_item": frozenset({"index", "region"}),
     "multi_region_separator": frozenset(),
     "styled": frozenset({"instruction", "style"}),
@@ -76,6 +77,7 @@ class InstructionTemplates:
         "Task: {task} The target of the task is in the region {region}. "
         "List the steps to do the task as a numbered list, one step per line."
     )
+    find_region: str = "Where is {expression} in the image? Answer with its region."
     multi_region_item: str = "region {index} {region}"
     multi_region_separator: str = ", "
     styled: str = "{instruction} {style}"
@@ -209,6 +211,14 @@ class InstructionBuilder:
         final, texts, notes = self._prepare_all((region,), width, height)
         text = self.templates.suggest_actions.format(task=task, region=texts[0])
         return self._finish(text, final, notes, None, "suggest_actions")
+
+    def find_region(self, expression: str, image_size: tuple[int, int], *, style: str | None = None
+                    ) -> ReferringInstruction:
+        """The reverse direction (referring expression comprehension): the answer holds the region."""
+        expression = self._check_text(expression, "expression")
+        check_image_size(image_size)
+        text = self.templates.find_region.format(expression=expression)
+        return self._finish(text, (), (), style, "find_region")
 
     # -- helpers --------------------------------------------------------------------------------
 

@@ -32,3 +32,15 @@ def tune_allocator(mmap_mib: int = 256, trim_mib: int = 512) -> bool:
         return False
     ok = mallopt(M_MMAP_THRESHOLD, mmap_mib * 1024 * 1024) == 1
     return ok and mallopt(M_TRIM_THRESHOLD, trim_mib * 1024 * 1024) == 1
+
+
+def trim_heap() -> bool:
+    """Give freed heap memory back to the system (glibc ``malloc_trim``): called after the model is
+    released on cleanup, since the raised trim threshold would otherwise keep it. False off glibc."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        return bool(ctypes.CDLL(name).malloc_trim(0))
+    except (OSError, AttributeError):
+        return False

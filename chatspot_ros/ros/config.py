@@ -18,12 +18,12 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping, Optional
 
 from chatspot_ros.imaging import ImageLimits
+from chatspot_ros.referring.dialects import DIALECTS
+from chatspot_ros.remote.config import BACKENDS, IMAGE_FORMATS, split_server_url  # pure: no openai
+from chatspot_ros.runtime.config import DEVICE_PATTERN, DTYPES, VISION_BACKENDS  # pure: no torch
 
-DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?)$")
-DTYPES = ("float32", "float16", "bfloat16")
-VISION_BACKENDS = ("torch", "onnxruntime", "tensorrt", "auto")
-# "" = the checkpoint's own dialect. Mirrors chatspot_ros.referring.DIALECTS (checked in tests).
-REFERRING_FORMATS = ("", "chatspot", "llava", "mmgpt", "qwen_vl", "qwen2_5_vl")
+# "" = the checkpoint's own dialect.
+REFERRING_FORMATS: tuple[str, ...] = ("", *DIALECTS)
 IMAGE_TRANSPORTS = ("raw", "compressed")
 RELIABILITIES = ("best_effort", "reliable", "system_default")
 DURABILITIES = ("volatile", "transient_local")
@@ -56,11 +56,29 @@ PARAMETERS: tuple[ParamSpec, ...] = (
       when="configure"),
     P("model.feature_cache_size", 4, "Frames whose image features (and prefix KV) stay cached.",
       when="configure", minimum=1, maximum=256),
-    P("vision.backend", "torch", "Vision encoder backend (auto = TensorRT if available, else torch).",
+    P("model.backend", "local", "local: load model.path here; vllm: ask the vLLM server at server.url "
+      "(model.path, or server.model_config, is then a local copy of the served checkpoint's config files).",
+      when="configure", choices=BACKENDS),
+    # server.*: the vllm backend (docs/vllm.md). The API key comes from $CHATSPOT_VLLM_API_KEY, never a parameter.
+    P("server.url", "", "vLLM server (http or https), e.g. http://127.0.0.1:8000; no credentials in it.",
+      when="configure"),
+    P("server.model", "", "Served model name (vLLM --served-model-name); empty = the config folder's name.",
+      when="configure"),
+    P("server.model_config", "", "Local copy of the served checkpoint's config files (Φ, dialect, template); "
+      "empty = model.path.", when="configure"),
+    P("server.timeout_s", 60.0, "Each request (and any silence in its stream) must end within this.",
+      when="configure", minimum=0.1, maximum=3600.0),
+    P("server.max_concurrency", 8, "Requests in flight at once to the server (the regions of a frame go together).",
+      when="configure", minimum=1, maximum=256),
+    P("server.image_format", "png", "How frames are sent: png (lossless) or jpeg.", when="configure",
+      choices=IMAGE_FORMATS),
+    P("vision.backend", "torch", "Vision encoder backend (auto = TensorRT, else onnxruntime-CUDA, else torch; each fallback logged).",
       when="configure", choices=VISION_BACKENDS),
     P("vision.engine_dir", "engines", "Folder of exported ONNX/TensorRT engines.", when="configure"),
     P("referring.format", "", "Coordinate dialect in prompts; empty = the checkpoint's own.",
       when="configure", choices=REFERRING_FORMATS),
+    P("referring.templates", "", "Instruction templates file (YAML, as config/instructions.yaml); "
+      "empty = the installed config/instructions.yaml.", when="configure"),
     P("referring.precision", -1, "Decimals of normalized coordinates; -1 = the dialect's default.",
       when="configure", minimum=-1, maximum=6),
     P("referring.max_outside", 0.5,
@@ -115,6 +133,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
       "more are refused with 'busy'.", minimum=1, maximum=1000),
     P("queues.request_timeout_s", 120.0, "A service request waiting longer than this fails.",
       minimum=0.1, maximum=3600.0),
+    P("queues.requests_per_detection", 4, "Requests are served first, but while a detection message "
+      "waits for the model at most this many requests run in a row; then one detection message is "
+      "answered (its guaranteed share, counted as detections.share_turns).", minimum=1, maximum=1000),
     # frames.*
     P("frames.buffer_size", 30, "Frames kept for stamp matching.", minimum=1, maximum=1000),
     P("frames.match_tolerance_s", 0.02, "A stamp matches the nearest frame within this.",
@@ -197,9 +218,17 @@ class AgentConfig:
     model_device: str
     model_trust_remote_code: bool
     model_feature_cache_size: int
+    model_backend: str
+    server_url: str
+    server_model: str
+    server_model_config: str
+    server_timeout_s: float
+    server_max_concurrency: int
+    server_image_format: str
     vision_backend: str
     vision_engine_dir: str
     referring_format: str
+    referring_templates: str
     referring_precision: int
     referring_max_outside: float
     generation_max_new_tokens: int
@@ -228,6 +257,7 @@ class AgentConfig:
     queues_max_pending_detections: int
     queues_max_pending_requests: int
     queues_request_timeout_s: float
+    queues_requests_per_detection: int
     frames_buffer_size: int
     frames_match_tolerance_s: float
     frames_max_backward_jump_s: float
@@ -255,6 +285,13 @@ class AgentConfig:
             raise ValueError(f"model.device must be 'cpu', 'cuda' or 'cuda:N', got {self.model_device!r}")
         if self.model_device == "cpu" and self.model_dtype == "float16":
             raise ValueError("model.dtype float16 is not supported on cpu; use float32 or bfloat16")
+        if self.model_backend == "vllm" and not self.server_url:
+            raise ValueError("model.backend vllm needs server.url (e.g. http://127.0.0.1:8000)")
+        if self.server_url:
+            try:
+                split_server_url(self.server_url)
+            except ValueError as err:
+                raise ValueError(f"server.url: {err}") from None
         if self.generation_max_new_tokens > self.generation_max_new_tokens_limit:
             raise ValueError(
                 f"generation.max_new_tokens ({self.generation_max_new_tokens}) exceeds "

@@ -17,9 +17,10 @@ from chatspot_ros.ros.stats import OUTCOMES, STAGES, StageSummary
 # Counters shown in the "inputs" status besides the per-kind outcomes.
 INPUT_COUNTERS = ("images.decode_failed", "frames.time_jumps", "camera_info.received", "camera_info.rejected",
                   "tasks.received", "tasks.rejected", "regions.answered", "regions.rejected", "regions.overflow",
-                  "suggestions.rejected")
+                  "suggestions.rejected", "detections.share_turns")
 # Counters shown in the "requests" status besides the request outcomes.
-REQUEST_COUNTERS = ("model.errors", "model.oom", "worker.errors", "internal.errors", "configure.failed")
+REQUEST_COUNTERS = ("model.errors", "model.oom", "worker.errors", "internal.errors",
+                    "configure.failed")
 # Inputs that did not lead to an answer: any of these makes the "inputs" status WARN.
 UNANSWERED_INPUTS = ("detections.dropped", "detections.unmatched", "images.rejected", "clicks.dropped")
 
@@ -57,6 +58,7 @@ def model_status(s: NodeSnapshot) -> DiagnosticStatus:
         level, message = DiagnosticStatus.WARN, s.state
     values = {"state": s.state}
     values.update({k: info.get(k, "") for k in ("model", "family", "backend", "device", "dtype", "dialect")})
+    values.update({k: v for k, v in info.items() if k == "server" or k.startswith("server.")})  # vllm backend
     values["last_error"] = s.last_error
     return DiagnosticStatus(level=level, name=f"{s.name}: model", message=message,
                             hardware_id=info.get("device", ""), values=_values(values))

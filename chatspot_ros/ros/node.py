@@ -14,6 +14,8 @@ event ends in exactly one counted outcome (see :mod:`chatspot_ros.ros.stats`).
 """
 from __future__ import annotations
 
+
+import gc
 import threading
 import time
 import traceback
@@ -33,17 +35,20 @@ from std_msgs.msg import Header, String
 from visualization_msgs.msg import MarkerArray
 
 from chatspot_ros.action import Describe
-from chatspot_ros.frames import PENDING_STATUSES, FrameBuffer, MatchResult, WaitingRoom, format_ns
+from chatspot_ros.frames import Arrival, FrameMatcher, MatchPolicy, MatchResult, format_ns
 from chatspot_ros.imaging import ImageDecodeError
 from chatspot_ros.msg import ActionSuggestion, RegionDescriptionArray
+from chatspot_ros.planning import InstructionPlanner, Plan, Role
+from chatspot_ros.requests import Outcome, PendingRequest, RequestKind, RequestTracker
 from chatspot_ros.projection import PinholeCamera
-from chatspot_ros.referring import InstructionBuilder, ReferringInstruction, Region
+from chatspot_ros.referring import InstructionBuilder, ReferringInstruction
 from chatspot_ros.ros import convert
+from chatspot_ros.ros.allocator import trim_heap
 from chatspot_ros.ros.config import PARAMETERS, PARAMETERS_BY_NAME, AgentConfig, changes_allowed
 from chatspot_ros.ros.diagnostics import NodeSnapshot, build_statuses
 from chatspot_ros.ros.drawing import Annotation, draw_annotations
-from chatspot_ros.ros.pending import Outcome, PendingRequest
-from chatspot_ros.ros.stats import LogLimiter, Stats, batch_timings
+from chatspot_ros.ros.stats import LogLimiter, Stats
+from chatspot_ros.runtime.errors import ModelOutOfMemory, as_model_error
 from chatspot_ros.ros.worker import InferenceWorker, Job
 from chatspot_ros.srv import AskRegion, SuggestActions
 
@@ -74,7 +79,9 @@ _RELIABILITY = {
 }
 _DURABILITY = {"volatile": DurabilityPolicy.VOLATILE, "transient_local": DurabilityPolicy.TRANSIENT_LOCAL}
 _LOG_THROTTLE_S = 2.0
-_RESULT_GRACE_S = 1.0
+# See on_deactivate: the most it waits for rclpy to send responses and results of handlers that
+# returned; reached only when a goal's client never asked for its result.
+_RESPONSE_WAIT_S = 2.0
 # How often detections waiting for their frame are looked up again (besides on each new frame),
 # so that one whose frame never comes is answered "unmatched" at most this late after frames.wait_s.
 _AWAITING_PERIOD_S = 0.05
@@ -84,10 +91,43 @@ BuildInstructions = Callable[[InstructionBuilder, tuple[int, int]], list[Referri
 
 
 class _AwaitingDetections(NamedTuple):
-    """A checked detection message whose frame has not arrived yet (see WaitingRoom)."""
+    """A checked detection message, submitted to the FrameMatcher until its frame is settled."""
     request: PendingRequest
     regions: list[convert.DetectionRegion]
     where: str
+
+
+class _TrackedActionServer(ActionServer):
+    """An ActionServer that reports each result it hands to the middleware (see on_deactivate).
+
+    rclpy sends a goal's result from an executor task scheduled after the execute callback
+    returned; ``_send_result_response`` is that task in Humble through Kilted. Where it is
+    missing, on_deactivate falls back to waiting ``_RESPONSE_WAIT_S``."""
+
+    def __init__(self, *args: Any, on_result_sent: Callable[[], None], **kwargs: Any) -> None:
+        self._on_result_sent = on_result_sent
+        super().__init__(*args, **kwargs)
+
+    if hasattr(ActionServer, "_send_result_response"):
+        def _send_result_response(self, *args: Any, **kwargs: Any) -> None:
+            try:
+                super()._send_result_response(*args, **kwargs)  # type: ignore[misc]
+            finally:
+                self._on_result_sent()
+
+
+def _report_sent(service: Any, sent: Callable[[], None]) -> Any:
+    """Wrap ``service.send_response`` (the executor calls it right after the callback returned)."""
+    send = service.send_response
+
+    def send_response(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return send(*args, **kwargs)
+        finally:
+            sent()
+
+    service.send_response = send_response
+    return service
 
 
 class ChatSpotAgentNode(LifecycleNode):
@@ -104,13 +144,12 @@ class ChatSpotAgentNode(LifecycleNode):
         self._lock = threading.RLock()
         self._config: Optional[AgentConfig] = None
         self._chatspot: Any = None  # chatspot_ros.pipeline.ChatSpot
-        self._builder: Optional[InstructionBuilder] = None
         self._model_info: dict[str, str] = {}
         self._last_error = ""
         self._worker: Optional[InferenceWorker] = None
-        self._frames: FrameBuffer[convert.DecodedFrame] = FrameBuffer(1)
-        # Detection messages that arrived before their frame: they wait here, not on a thread.
-        self._awaiting: WaitingRoom[_AwaitingDetections] = WaitingRoom(1)
+        # Frames by stamp, and detection messages waiting for theirs (not on a thread); the one
+        # wait rule (frames.match_tolerance_s, frames.wait_s) also serves service requests.
+        self._matcher: FrameMatcher[convert.DecodedFrame, _AwaitingDetections] = FrameMatcher(1)
         self._awaiting_timer: Any = None
         self._image_frame_id = ""
         self._camera: Optional[PinholeCamera] = None
@@ -119,8 +158,7 @@ class ChatSpotAgentNode(LifecycleNode):
         self._describe_goals: set[PendingRequest] = set()
         self._tf_buffer: Any = None
         self._tf_listener: Any = None
-        self._inflight = 0  # service / action callbacks running (deactivate waits for them)
-        self._inflight_cond = threading.Condition()
+        self._tracker = RequestTracker()  # service / action handlers running (deactivate waits on it)
 
         # Images, camera_info, detections and the task in one group (they share the frame buffer
         # state); clicks in their own, since placing a 3D click may wait for tf (tf.timeout_s).
@@ -180,14 +218,13 @@ class ChatSpotAgentNode(LifecycleNode):
     def _apply_runtime_config(self, config: AgentConfig) -> None:
         with self._lock:
             self._config = config
-            self._frames.resize(config.frames_buffer_size)
-            self._frames.max_backward_jump_ns = int(config.frames_max_backward_jump_s * 1e9)
+            evicted = self._configure_matcher(config)
             if self._worker is not None:
                 self._worker.set_limits(config.queues_max_pending_requests,
-                                        config.queues_max_pending_detections)
-            evicted = self._awaiting.set_capacity(config.queues_max_pending_detections)
+                                        config.queues_max_pending_detections,
+                                        config.queues_requests_per_detection)
             if self._chatspot is not None:
-                self._builder = self._make_builder(config)
+                self._set_builder_limits(config)
         for waiting in evicted:
             self._drop(waiting.request, "queue limit lowered", waiting.where)
 
@@ -210,23 +247,30 @@ class ChatSpotAgentNode(LifecycleNode):
             self._config = config
             self._chatspot = chatspot
             try:
-                self._builder = self._make_builder(config)
+                self._set_builder_limits(config)
             except ValueError as exc:
                 self._release_model()
                 return self._configure_failed(f"invalid referring settings: {exc}")
-            self._frames = FrameBuffer(config.frames_buffer_size,
-                                       int(config.frames_max_backward_jump_s * 1e9))
+            self._matcher.clear()
+            self._configure_matcher(config)  # nothing waits while unconfigured: drops nothing
             self._worker = self._new_worker(config)
-            self._awaiting.set_capacity(config.queues_max_pending_detections)  # empty: drops nothing
         self._create_outputs(config)
         self._last_error = ""
         self.get_logger().info(
             f"configured: model {self._model_info.get('model')} ({self._model_info.get('family')}) on "
             f"{config.model_device}/{config.model_dtype}, vision backend "
             f"{self._model_info.get('backend')}, dialect {self._model_info.get('dialect')}, "
+            f"templates {self._model_info.get('templates')}, "
             f"loaded in {time.perf_counter() - start:.1f} s"
         )
         return TransitionCallbackReturn.SUCCESS
+
+    def _configure_matcher(self, config: AgentConfig) -> tuple[_AwaitingDetections, ...]:
+        return self._matcher.configure(
+            capacity=config.frames_buffer_size,
+            policy=MatchPolicy(config.match_tolerance_ns, config.frames_wait_s),
+            max_waiting=config.queues_max_pending_detections,
+            max_backward_jump_ns=int(config.frames_max_backward_jump_s * 1e9))
 
     def _configure_failed(self, reason: str) -> TransitionCallbackReturn:
         self._last_error = reason
@@ -236,7 +280,8 @@ class ChatSpotAgentNode(LifecycleNode):
 
     def _new_worker(self, config: AgentConfig) -> InferenceWorker:
         return InferenceWorker(config.queues_max_pending_requests, config.queues_max_pending_detections,
-                               self._on_worker_error)
+                               self._on_worker_error, requests_per_detection=config.queues_requests_per_detection,
+                               on_share_turn=lambda: self._stats.incr("detections.share_turns"))
 
     def _create_outputs(self, config: AgentConfig) -> None:
         """Lifecycle publishers (they publish only while active). Answers are reliable, so that
@@ -257,32 +302,53 @@ class ChatSpotAgentNode(LifecycleNode):
         self._outputs = {}
 
     def _load_model(self, config: AgentConfig) -> Any:
-        from chatspot_ros.pipeline import ChatSpot
+        from chatspot_ros.pipeline import ChatSpot, default_templates_file, load_templates
         from chatspot_ros.runtime import RuntimeConfig
 
-        runtime_config = RuntimeConfig(
-            model_path=config.model_path, device=config.model_device, dtype=config.model_dtype,
-            vision_backend=config.vision_backend, engine_dir=config.vision_engine_dir,
-            feature_cache_size=config.model_feature_cache_size,
-            trust_remote_code=config.model_trust_remote_code,
-        )
-        chatspot = ChatSpot.from_config(
-            runtime_config, dialect=config.referring_format or None,
-            precision=None if config.referring_precision < 0 else config.referring_precision,
-        )
+        templates = load_templates(config.referring_templates)  # before minutes of loading
+        templates_file = config.referring_templates or str(default_templates_file() or "built-in defaults")
+
+        options = dict(dialect=config.referring_format or None,
+                       precision=None if config.referring_precision < 0 else config.referring_precision,
+                       templates=templates)
+        if config.model_backend == "vllm":  # the served model; health and model name checked here
+            from chatspot_ros.remote import ServerConfig
+
+            server = ServerConfig(
+                url=config.server_url, model_config=config.server_model_config or config.model_path,
+                model=config.server_model, timeout_s=config.server_timeout_s,
+                max_concurrency=config.server_max_concurrency, image_format=config.server_image_format,
+                feature_cache_size=config.model_feature_cache_size,
+            )
+            chatspot = ChatSpot.from_server(server, **options)
+        else:
+            runtime_config = RuntimeConfig(
+                model_path=config.model_path, device=config.model_device, dtype=config.model_dtype,
+                vision_backend=config.vision_backend, engine_dir=config.vision_engine_dir,
+                feature_cache_size=config.model_feature_cache_size,
+                trust_remote_code=config.model_trust_remote_code,
+            )
+            chatspot = ChatSpot.from_config(runtime_config, **options)
         runtime = chatspot.runtime
         self._model_info = {
             "model": str(runtime.model_name), "family": str(runtime.family),
             "backend": str(runtime.backend_name), "device": config.model_device,
             "dtype": config.model_dtype,
             "dialect": config.referring_format or str(runtime.default_dialect),
+            "templates": templates_file,
         }
+        if config.model_backend == "vllm":
+            self._model_info.update({"device": "server", "dtype": "server", "server": server.display_url})
         return chatspot
 
-    def _make_builder(self, config: AgentConfig) -> InstructionBuilder:
-        base = self._chatspot.builder
-        return InstructionBuilder(
-            base.dialect, base.geometry, base.templates,
+    @property
+    def _builder(self) -> Optional[InstructionBuilder]:
+        """The ChatSpot core's InstructionBuilder (owned there, one per loaded model)."""
+        chatspot = self._chatspot
+        return chatspot.builder if chatspot is not None else None
+
+    def _set_builder_limits(self, config: AgentConfig) -> None:
+        self._chatspot.set_limits(
             max_question_chars=config.limits_max_question_chars,
             max_regions=max(config.limits_max_regions_per_request, config.limits_max_regions_per_frame),
             max_outside=config.referring_max_outside,
@@ -293,7 +359,7 @@ class ChatSpotAgentNode(LifecycleNode):
         assert config is not None and self._worker is not None
         if Detection2DArray is None:
             self.get_logger().warning("vision_msgs is not installed: the detections input is off")
-        self._awaiting.reopen()
+        self._matcher.reopen()
         try:
             self._create_interfaces(config)
         except Exception as exc:  # noqa: BLE001 - e.g. an invalid remapped name; fail the transition
@@ -350,13 +416,15 @@ class ChatSpotAgentNode(LifecycleNode):
             self._subscribe(Detection2DArray, config.topics_detections, self._on_detections, input_qos, sensors)
         self._subscribe(PointStamped, config.topics_clicked_point, self._on_click, input_qos, self._click_group)
         self._subscribe(String, config.topics_task, self._on_task, task_qos, sensors)
+        sent = self._tracker.sent
         self._servers = [
-            self.create_service(AskRegion, "ask", self._on_ask, callback_group=self._request_group),
-            self.create_service(SuggestActions, "suggest_actions", self._on_suggest_actions,
-                                callback_group=self._request_group),
+            _report_sent(self.create_service(AskRegion, "ask", self._on_ask,
+                                             callback_group=self._request_group), sent),
+            _report_sent(self.create_service(SuggestActions, "suggest_actions", self._on_suggest_actions,
+                                             callback_group=self._request_group), sent),
         ]
-        self._action_server = ActionServer(
-            self, Describe, "describe", self._execute_describe,
+        self._action_server = _TrackedActionServer(
+            self, Describe, "describe", self._execute_describe, on_result_sent=sent,
             callback_group=self._request_group,
             goal_callback=lambda goal: GoalResponse.ACCEPT,
             handle_accepted_callback=self._on_describe_accepted,
@@ -387,18 +455,15 @@ class ChatSpotAgentNode(LifecycleNode):
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         # Fail pending work first, so that waiting service calls and goals get their answers
         # while their servers still exist; then remove the servers.
-        busy = self._inflight > 0
         self._stop_work("node deactivated")
-        self._wait_inflight(10.0)
-        if busy:  # let the action server deliver those results to clients that ask for them now
-            time.sleep(_RESULT_GRACE_S)
+        self._wait_responses(10.0)
         self._destroy_interfaces()
         self.get_logger().info("inactive: subscriptions, services and the action are stopped")
         return super().on_deactivate(state)
 
     def _drop_awaiting(self, reason: str) -> None:
         """Drop (and count) every detection waiting for its frame; refuse new ones until activate."""
-        for waiting in self._awaiting.drain(close=True):
+        for waiting in self._matcher.close():
             self._drop(waiting.request, reason, waiting.where)
 
     def _stop_work(self, reason: str) -> None:
@@ -418,7 +483,7 @@ class ChatSpotAgentNode(LifecycleNode):
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._destroy_outputs()
         self._release_model()
-        self._frames.clear()
+        self._matcher.clear()
         self._camera = None
         self.get_logger().info("cleaned up: model released")
         return TransitionCallbackReturn.SUCCESS
@@ -426,18 +491,24 @@ class ChatSpotAgentNode(LifecycleNode):
     def _release_model(self) -> None:
         with self._lock:
             chatspot, self._chatspot = self._chatspot, None
-            self._builder = None
             self._config = None
             self._worker = None
             self._model_info = {}
+            self._describe_goals.clear()
+            self._active_requests.clear()
         if chatspot is not None:
             chatspot.close()
+            del chatspot
+        # Freed model memory goes back to the system: cycles of the model and the jobs that held
+        # frames are collected, and glibc's raised trim threshold (allocator.py) is undone once.
+        gc.collect()
+        trim_heap()
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.get_logger().info(f"shutting down from '{state.label}'")
         if state.label == "active":
             self._stop_work("node shutting down")
-            self._wait_inflight(5.0)
+            self._wait_responses(5.0)
             self._destroy_interfaces()
         if state.label in ("active", "inactive"):
             self._destroy_outputs()
@@ -465,19 +536,17 @@ class ChatSpotAgentNode(LifecycleNode):
 
     # ============================================================================ inputs
 
-    def _enter(self) -> None:
-        with self._inflight_cond:
-            self._inflight += 1
-
-    def _leave(self) -> None:
-        with self._inflight_cond:
-            self._inflight -= 1
-            self._inflight_cond.notify_all()
-
-    def _wait_inflight(self, timeout: float) -> None:
-        with self._inflight_cond:
-            if not self._inflight_cond.wait_for(lambda: self._inflight == 0, timeout):
-                self.get_logger().warning(f"{self._inflight} request callback(s) still running")
+    def _wait_responses(self, timeout: float) -> None:
+        """Before the servers go: wait until every handler returned (its request was failed or
+        answered), then until rclpy has sent those responses and results (the tracker counts each
+        send, see _report_sent and _TrackedActionServer); at most _RESPONSE_WAIT_S for the sends,
+        which only a goal whose client never asked for its result uses up."""
+        if not self._tracker.wait_idle(timeout):
+            self.get_logger().warning(f"{len(self._tracker)} request callback(s) still running")
+        forgotten = self._tracker.wait_sent(_RESPONSE_WAIT_S)
+        if forgotten:
+            self.get_logger().warning(f"{forgotten} response(s) not sent within {_RESPONSE_WAIT_S:g} s "
+                                      "(a client that never asked for its result?)")
 
     def _warn(self, key: str, message: str) -> None:
         """A warning about a counted event; at most one per _LOG_THROTTLE_S for each ``key`` (the
@@ -516,7 +585,8 @@ class ChatSpotAgentNode(LifecycleNode):
             self._stats.incr("images.rejected")
             self._warn("images.rejected", f"image rejected: {exc}")
             return
-        if self._frames.push(frame.stamp_ns, frame):
+        pushed = self._matcher.push(frame.stamp_ns, frame)  # stamp lookups only: nothing is decoded
+        if pushed.time_jump:
             self._stats.incr("frames.time_jumps")
             self.get_logger().warning(
                 f"image stamp {format_ns(frame.stamp_ns)} jumped back more than "
@@ -524,7 +594,8 @@ class ChatSpotAgentNode(LifecycleNode):
         self._image_frame_id = frame.frame_id
         self._stats.incr("images.buffered")
         self._stats.observe("receive", (time.perf_counter() - start) * 1e3)
-        self._release_awaiting()  # stamp lookups only: nothing is decoded here
+        for released in pushed.released:
+            self._dispatch_detections(released.item, released.result)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self._stats.incr("camera_info.received")
@@ -589,31 +660,24 @@ class ChatSpotAgentNode(LifecycleNode):
         if not regions:
             self._stats.incr("detections.rejected")
             return
-        detections = _AwaitingDetections(PendingRequest(self._stats, "detections"), regions, where)
-        # Matched here, without waiting: a frame that has not arrived yet is waited for in
-        # self._awaiting (released by _release_awaiting), never on the inference worker.
-        match = self._frames.match(stamp_ns, config.match_tolerance_ns)
-        if match.status in PENDING_STATUSES and config.frames_wait_s > 0:
-            accepted, evicted = self._awaiting.add(stamp_ns, detections, time.monotonic() + config.frames_wait_s)
-            for old in evicted:
-                self._drop(old.request, "too many detection messages waiting for their frame "
-                                        "(queues.max_pending_detections): a newer message replaced it", old.where)
-            if not accepted:
-                self._drop(detections.request, "stopped", where)
-            return
-        self._dispatch_detections(detections, match)
+        detections = _AwaitingDetections(PendingRequest(self._stats, RequestKind.DETECTIONS), regions, where)
+        # Matched without blocking: a frame that has not arrived yet is waited for in the
+        # matcher (released on a later frame or by _release_awaiting), never on a thread.
+        submitted = self._matcher.submit(stamp_ns, detections)
+        for old in submitted.evicted:
+            self._drop(old.request, "too many detection messages waiting for their frame "
+                                    "(queues.max_pending_detections): a newer message replaced it", old.where)
+        if submitted.arrival is Arrival.REFUSED:
+            self._drop(detections.request, "stopped", where)
+        elif submitted.arrival is not Arrival.WAITING:
+            assert submitted.result is not None
+            self._dispatch_detections(detections, submitted.result)
 
     def _release_awaiting(self) -> None:
         """Detections waiting for their frame: queue those whose frame has arrived, and finish as
         unmatched those whose lookup failed for good or that waited frames.wait_s in vain."""
-        config = self._config
-        if config is None:
-            return
-        tolerance = config.match_tolerance_ns
-        for detections, match in self._awaiting.pop_ready(self._frames, tolerance):
-            self._dispatch_detections(detections, match)
-        for stamp_ns, detections in self._awaiting.pop_expired(time.monotonic()):
-            self._dispatch_detections(detections, self._frames.match(stamp_ns, tolerance))
+        for released in self._matcher.poll():
+            self._dispatch_detections(released.item, released.result)
 
     def _dispatch_detections(self, detections: _AwaitingDetections,
                              match: MatchResult[convert.DecodedFrame]) -> None:
@@ -639,50 +703,35 @@ class ChatSpotAgentNode(LifecycleNode):
         if config is None or builder is None:
             request.finish("failed", Outcome(False, "node not configured"))
             return
-        size = (frame.width, frame.height)
-        kept: list[convert.DetectionRegion] = []
-        instructions: list[ReferringInstruction] = []
-        for det in detections:
-            try:
-                instructions.append(builder.describe_region(det.region, size))
-                kept.append(det)
-            except ValueError as exc:
-                self._stats.incr("regions.rejected")
-                self._warn("regions.rejected", f"{where}: {exc}")
-        if not instructions:
+        task = self._task if config.task_suggest_on_detections else ""
+        plan = InstructionPlanner(builder).for_detections(
+            [d.region for d in detections], (frame.width, frame.height), task=task,
+            suggest_for=config.task_max_detections)
+        for _, reason in plan.rejected:
+            self._stats.incr("regions.rejected")
+            self._warn("regions.rejected", f"{where}: {reason}")
+        for _, reason in plan.suggestions_rejected:
+            self._stats.incr("suggestions.rejected")
+            self._warn("suggestions.rejected", f"{where}: no action suggestion: {reason}")
+        if plan.first(Role.DESCRIBE) is None:
             request.finish("rejected", Outcome(False, "no valid region in the image"))
             return
-        n_describe = len(instructions)
-        task = self._task
-        if task and config.task_suggest_on_detections:
-            instructions += self._suggestions_for(builder, task, [d.region for d in kept[: config.task_max_detections]],
-                                                  size, where)
-        result = self._run_model(request, frame, (frame.frame_id, frame.stamp_ns), instructions,
+        result = self._run_model(request, frame, (frame.frame_id, frame.stamp_ns), plan.instructions,
                                  config.generation_max_new_tokens, where)
         if result is None:
             return
         texts, elapsed_s = result
         header = convert.copy_header(frame.header)
-        described = list(zip(kept, instructions[:n_describe], texts[:n_describe]))
-        self._publish_descriptions(header, elapsed_s, [(det.label, instruction, text)
-                                                       for det, instruction, text in described])
-        for instruction, text in zip(instructions[n_describe:], texts[n_describe:]):
-            self._publish_suggestion(header, instruction, task, text)
-        self._stats.incr("regions.answered", n_describe)
-        request.finish("answered", Outcome(True, "", tuple(texts), tuple(instructions), header))
-        self._publish_debug(frame, [Annotation(i.regions[0], f"{d.label or d.region.id}: {t}")
-                                    for d, i, t in described])
-
-    def _suggestions_for(self, builder: InstructionBuilder, task: str, regions: Sequence[Region],
-                         size: tuple[int, int], where: str) -> list[ReferringInstruction]:
-        out = []
-        for region in regions:
-            try:
-                out.append(builder.suggest_actions(task, region, size))
-            except ValueError as exc:
-                self._stats.incr("suggestions.rejected")
-                self._warn("suggestions.rejected", f"{where}: no action suggestion: {exc}")
-        return out
+        described = plan.by_role(texts, Role.DESCRIBE)
+        self._publish_descriptions(header, elapsed_s, [(detections[a.source].label, a.instruction, a.text)
+                                                       for a in described])
+        for suggestion in plan.by_role(texts, Role.SUGGEST):
+            self._publish_suggestion(header, suggestion.instruction, task, suggestion.text)
+        self._stats.incr("regions.answered", len(described))
+        request.finish("answered", Outcome(True, "", tuple(texts), tuple(plan.instructions), header))
+        self._publish_debug(frame, [Annotation(a.instruction.regions[0],
+                                               f"{detections[a.source].label or detections[a.source].region.id}: "
+                                               f"{a.text}") for a in described])
 
     # -- clicks ----------------------------------------------------------------------------
 
@@ -706,18 +755,13 @@ class ChatSpotAgentNode(LifecycleNode):
                 (p.x, p.y, p.z), msg.header.frame_id, frame.frame_id, self._camera,
                 rectified=config.projection_rectified, transform=self._tf_transform(msg, config.tf_timeout_s))
             region = convert.click_region(u, v, frame.width, frame.height, config.click_box_size)
-            if config.click_question.strip():
-                instructions = [builder.ask(config.click_question, [region], size)]
-            else:
-                instructions = [builder.describe_region(region, size)]
-            if task:
-                instructions.append(builder.suggest_actions(task, region, size))
+            plan = InstructionPlanner(builder).for_click(region, size, question=config.click_question, task=task)
         except ValueError as exc:
             self._stats.incr("clicks.rejected")
             self._warn("clicks.rejected", f"click rejected: {exc}")
             return
-        request = PendingRequest(self._stats, "clicks")
-        job = Job("click", lambda: self._answer_click(request, frame, instructions, task),
+        request = PendingRequest(self._stats, RequestKind.CLICK)
+        job = Job("click", lambda: self._answer_click(request, frame, plan, task),
                   lambda reason: self._drop(request, reason, "click"),
                   lambda reason: self._fail(request, reason, "click"))
         if not worker.submit_request(job):
@@ -730,10 +774,10 @@ class ChatSpotAgentNode(LifecycleNode):
         None when no frame has arrived."""
         stamp_ns = convert.time_to_ns(msg.header.stamp)
         if stamp_ns:
-            match = self._frames.match(stamp_ns, config.match_tolerance_ns)
+            match = self._matcher.lookup(stamp_ns)
             if match.ok:
                 return match.frame.item
-        latest = self._frames.latest()
+        latest = self._matcher.latest()
         return latest.item if latest is not None else None
 
     def _tf_transform(self, msg: PointStamped,
@@ -753,24 +797,24 @@ class ChatSpotAgentNode(LifecycleNode):
 
         return transform
 
-    def _answer_click(self, request: PendingRequest, frame: convert.DecodedFrame,
-                      instructions: list[ReferringInstruction], task: str) -> None:
+    def _answer_click(self, request: PendingRequest, frame: convert.DecodedFrame, plan: Plan, task: str) -> None:
         config = self._config
         if config is None:
             request.finish("failed", Outcome(False, "node not configured"))
             return
-        result = self._run_model(request, frame, (frame.frame_id, frame.stamp_ns), instructions,
+        result = self._run_model(request, frame, (frame.frame_id, frame.stamp_ns), plan.instructions,
                                  config.generation_max_new_tokens, "click")
         if result is None:
             return
         texts, elapsed_s = result
         header = convert.copy_header(frame.header)
-        describe = instructions[0]
-        self._publish_descriptions(header, elapsed_s, [("", describe, texts[0])])
-        if len(instructions) > 1:
-            self._publish_suggestion(header, instructions[1], task, texts[1])
-        request.finish("answered", Outcome(True, "", tuple(texts), tuple(instructions), header))
-        self._publish_debug(frame, [Annotation(describe.regions[0], texts[0])])
+        answers = plan.answers(texts)
+        about = [a for a in answers if a.role is not Role.SUGGEST]  # the description or the answer
+        self._publish_descriptions(header, elapsed_s, [("", a.instruction, a.text) for a in about])
+        for suggestion in plan.by_role(texts, Role.SUGGEST):
+            self._publish_suggestion(header, suggestion.instruction, task, suggestion.text)
+        request.finish("answered", Outcome(True, "", tuple(texts), tuple(plan.instructions), header))
+        self._publish_debug(frame, [Annotation(a.instruction.regions[0], a.text) for a in about])
 
     # ============================================================================ model
 
@@ -787,7 +831,7 @@ class ChatSpotAgentNode(LifecycleNode):
             request.finish("failed", Outcome(False, "node not configured"))
             return None
         if request.should_stop():
-            request.finish("cancelled" if request.counter == "requests" else "failed",
+            request.finish(request.kind.stopped_status,
                            Outcome(False, request.stop_reason or "stopped before it ran"))
             return None
         start = time.perf_counter()
@@ -807,55 +851,41 @@ class ChatSpotAgentNode(LifecycleNode):
             )
             with self._lock:
                 self._active_requests.add(request)
-            answers = chatspot.answer(rgb, key, list(instructions), gen, on_token=on_token,
-                                      should_stop=request.should_stop)
+            result = chatspot.answer_frame(rgb, key, list(instructions), gen, on_token=on_token,
+                                           should_stop=request.should_stop)
         except Exception as exc:  # noqa: BLE001 - a model error fails this request (counted), not the node
-            self._model_failed(request, exc, where)
+            self._model_failed(request, as_model_error(exc), where)
             return None
         finally:
             with self._lock:
                 self._active_requests.discard(request)
         elapsed_s = time.perf_counter() - start
-        self._observe_answers(answers, elapsed_s)
-        if request.stop_reason is not None and request.counter != "requests":
+        self._observe(result, elapsed_s)
+        if request.stop_reason is not None and not request.kind.is_service:
             # A detection or click stopped mid-generation (deactivation, shutdown): its partial
             # answers are not published. (Service calls and goals return theirs as "cancelled".)
             request.finish("failed", Outcome(False, request.stop_reason))
             self._warn(f"{request.counter}.failed", f"{where}: stopped: {request.stop_reason}")
             return None
-        return [a.text for a in answers], elapsed_s
+        return result.texts, elapsed_s
 
-    def _observe_answers(self, answers: Sequence[Any], elapsed_s: float) -> None:
-        """Stage latencies of one ChatSpot.answer call: the frame is encoded once (vision_ms is the
-        same on every answer, 0 on a cache hit) and each decode batch's time is counted once."""
-        prefill_ms, decode_ms = batch_timings(a.generation for a in answers)
-        self._stats.observe("vision", answers[0].vision_ms if answers else 0.0)
-        self._stats.observe("prefill", prefill_ms)
-        self._stats.observe("decode", decode_ms)
+    def _observe(self, result: Any, elapsed_s: float) -> None:
+        """Stage latencies of one ChatSpot.answer_frame call (a FrameAnswers): the core reports the
+        vision time once (0 on a cache hit) and each decode batch once."""
+        self._stats.observe("vision", result.vision_ms)
+        self._stats.observe("prefill", result.prefill_ms)
+        self._stats.observe("decode", result.decode_ms)
         self._stats.observe("total", elapsed_s * 1e3)
-        self._stats.observe_tokens(sum(a.generation.tokens for a in answers), decode_ms)
+        self._stats.observe_tokens(result.tokens, result.decode_ms)
 
-    def _model_failed(self, request: PendingRequest, exc: Exception, where: str) -> None:
-        name = type(exc).__name__
+    def _model_failed(self, request: PendingRequest, error: Exception, where: str) -> None:
+        """A typed model error (the runtime already dropped its caches after running out of memory)."""
         self._stats.incr("model.errors")
-        if name == "OutOfMemoryError" or "out of memory" in str(exc).lower():
+        if isinstance(error, ModelOutOfMemory):
             self._stats.incr("model.oom")
-            self._free_cuda_cache()
-        message = f"model error: {name}: {exc}"
+        message = f"model error: {error}"
         request.finish("failed", Outcome(False, message))
         self.get_logger().error(f"{where}: {message}")
-
-    def _free_cuda_cache(self) -> None:
-        chatspot = self._chatspot
-        if chatspot is not None:
-            chatspot.runtime.clear_cache()
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:  # pragma: no cover
-            pass
 
     def _on_worker_error(self, job: Job, exc: Exception) -> None:
         # Jobs report their own failures; reaching here is a bug in the node. The job still fails
@@ -910,13 +940,13 @@ class ChatSpotAgentNode(LifecycleNode):
             return convert.frame_from_image(image, config.image_limits,
                                             use_cv_bridge=config.image_use_cv_bridge), None
         if convert.is_zero_time(stamp):
-            latest = self._frames.latest()
+            latest = self._matcher.latest()
             if latest is None:
                 raise ValueError(f"no image received yet on '{self._image_topic(config)}'")
             frame = latest.item
         else:
-            match: MatchResult[convert.DecodedFrame] = self._frames.wait_match(
-                convert.time_to_ns(stamp), config.match_tolerance_ns, config.frames_wait_s)
+            # The same wait rule as detections (frames.wait_s), blocking this service thread.
+            match: MatchResult[convert.DecodedFrame] = self._matcher.wait(convert.time_to_ns(stamp))
             if not match.ok:
                 raise ValueError(f"no frame for stamp {format_ns(convert.time_to_ns(stamp))}: {match.message}")
             frame = match.frame.item
@@ -994,7 +1024,8 @@ class ChatSpotAgentNode(LifecycleNode):
         try:
             spec = self._check_fields(request.stamp, request.regions, request.question, request.max_new_tokens)
             frame, key, instructions = self._prepare_request(
-                request.stamp, request.image, lambda b, size: [b.ask(spec.question, spec.regions, size)])
+                request.stamp, request.image,
+                lambda b, size: InstructionPlanner(b).for_ask(spec.question, spec.regions, size).instructions)
         except ValueError as exc:
             return self._refuse(pending, response, exc, "ask")
         outcome = self._submit_and_wait(pending, frame, key, instructions, spec.max_new_tokens, "ask")
@@ -1014,11 +1045,10 @@ class ChatSpotAgentNode(LifecycleNode):
             regions = [request.region] if len(request.region.points) else []
             spec = self._check_fields(request.stamp, regions, request.task, 0, what="task")
 
-            def build(b: InstructionBuilder, size: tuple[int, int]) -> list[ReferringInstruction]:
-                region = spec.regions[0] if spec.regions else Region.box(0, 0, size[0], size[1], id="image")
-                return [b.suggest_actions(spec.question, region, size)]
-
-            frame, key, instructions = self._prepare_request(request.stamp, request.image, build)
+            frame, key, instructions = self._prepare_request(
+                request.stamp, request.image,
+                lambda b, size: InstructionPlanner(b).for_suggest(
+                    spec.question, spec.regions[0] if spec.regions else None, size).instructions)
         except ValueError as exc:
             return self._refuse(pending, response, exc, "suggest_actions")
         outcome = self._submit_and_wait(pending, frame, key, instructions, spec.max_new_tokens, "suggest_actions")
@@ -1048,7 +1078,8 @@ class ChatSpotAgentNode(LifecycleNode):
             spec = self._check_fields(goal.stamp, goal.regions, goal.question, goal.max_new_tokens,
                                       require_question=False)
             frame, key, instructions = self._prepare_request(
-                goal.stamp, goal.image, lambda b, size: [describe_instruction(b, spec.question, spec.regions, size)])
+                goal.stamp, goal.image,
+                lambda b, size: InstructionPlanner(b).for_describe(spec.question, spec.regions, size).instructions)
         except ValueError as exc:
             self._refuse(pending, result, exc, "describe")
             goal_handle.abort()
@@ -1087,7 +1118,7 @@ class ChatSpotAgentNode(LifecycleNode):
         """Run a service / action handler. Every request is counted once: received, then one
         outcome (the handler's, or ``failed`` with the reason when the handler raised)."""
         self._stats.incr("requests.received")
-        self._enter()
+        self._tracker.enter(pending)
         try:
             return handler()
         except Exception as exc:  # noqa: BLE001 - a bug answers success=false with the reason, counted
@@ -1102,20 +1133,20 @@ class ChatSpotAgentNode(LifecycleNode):
                 on_internal_error()
             return response
         finally:
-            self._leave()
+            self._tracker.leave(pending)
 
     def _on_ask(self, request: AskRegion.Request, response: AskRegion.Response) -> AskRegion.Response:
-        pending = PendingRequest(self._stats, "requests")
+        pending = PendingRequest(self._stats, RequestKind.ASK)
         return self._serve("ask", pending, lambda: self._on_ask_impl(pending, request, response), response)
 
     def _on_suggest_actions(self, request: SuggestActions.Request,
                             response: SuggestActions.Response) -> SuggestActions.Response:
-        pending = PendingRequest(self._stats, "requests")
+        pending = PendingRequest(self._stats, RequestKind.SUGGEST)
         return self._serve("suggest_actions", pending,
                            lambda: self._on_suggest_actions_impl(pending, request, response), response)
 
     def _execute_describe(self, goal_handle: Any) -> Describe.Result:
-        pending = PendingRequest(self._stats, "requests",
+        pending = PendingRequest(self._stats, RequestKind.DESCRIBE,
                                  stop_check=lambda: "cancelled" if goal_handle.is_cancel_requested else None)
 
         def abort_if_active() -> None:
@@ -1130,32 +1161,26 @@ class ChatSpotAgentNode(LifecycleNode):
     def _publish_diagnostics(self) -> None:
         self._diag_pub.publish(self.diagnostics())
 
+    def _server_status(self) -> dict[str, str]:
+        """The vllm backend's live figures (server URL without credentials, requests, errors, latency)."""
+        chatspot = self._chatspot
+        status = getattr(chatspot.runtime, "status", None) if chatspot is not None else None
+        return {f"server.{k}": str(v) for k, v in status().items()} if callable(status) else {}
+
     def diagnostics(self) -> DiagnosticArray:
         worker = self._worker
         queue_requests, queue_detections, busy = worker.depths() if worker else (0, 0, False)
-        span = self._frames.span()
+        span = self._matcher.span()
         snapshot = NodeSnapshot(
             name=self.get_fully_qualified_name(), state=self._lifecycle_state(),
-            model_info=dict(self._model_info), last_error=self._last_error,
+            model_info=dict(self._model_info, **self._server_status()), last_error=self._last_error,
             counters=self._stats.counters(), stages=self._stats.stages(), tokens_per_s=self._stats.tokens_per_s(),
-            frames_buffered=len(self._frames), frames_capacity=self._frames.capacity,
+            frames_buffered=self._matcher.frames_buffered, frames_capacity=self._matcher.capacity,
             newest_stamp_ns=span[1] if span else None, queue_requests=queue_requests,
             queue_detections=queue_detections, worker_busy=busy, task=self._task,
-            awaiting_frame=len(self._awaiting),
+            awaiting_frame=self._matcher.waiting,
         )
         array = DiagnosticArray(status=build_statuses(snapshot))
         array.header.stamp = self.get_clock().now().to_msg()
         return array
 
-
-def describe_instruction(builder: InstructionBuilder, question: str, regions: Sequence[Region],
-                         size: tuple[int, int]) -> ReferringInstruction:
-    """The instruction of a describe goal: its question, else a description of its region(s), or
-    of the whole image when it names none."""
-    if question:
-        return builder.ask(question, regions, size)
-    if len(regions) == 1:
-        return builder.describe_region(regions[0], size)
-    if not regions:
-        return builder.describe_image(size)
-    return builder.ask("Describe these regions.", regions, size)

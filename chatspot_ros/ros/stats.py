@@ -13,17 +13,12 @@ import collections
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Callable, Optional
+
+from chatspot_ros.requests import OUTCOMES  # one definition, beside the request kinds
 
 STAGES = ("conversion", "vision", "prefill", "decode", "total")
-
-# Outcome counters per input kind, in the order the identity above lists them.
-OUTCOMES: Mapping[str, tuple[str, ...]] = {
-    "images": ("rejected", "buffered"),
-    "detections": ("rejected", "empty", "dropped", "unmatched", "answered", "failed"),
-    "clicks": ("rejected", "dropped", "unmatched", "answered", "failed"),
-    "requests": ("rejected", "served", "failed", "cancelled"),
-}
+__all__ = ["OUTCOMES", "STAGES", "LogLimiter", "StageSummary", "Stats"]
 
 
 @dataclass(frozen=True)
@@ -114,15 +109,3 @@ class LogLimiter:
                 return None
             self._last[key] = now
             return self._held.pop(key, 0)
-
-
-def batch_timings(generations: Iterable[Any]) -> tuple[float, float]:
-    """(prefill_ms, decode_ms) of one ``ChatSpot.answer`` call, each batch counted once.
-
-    The runtime decodes a frame's prompts in batches (one per shared prompt prefix, run one after
-    another) and reports the batch's prefill and decode time on *every* Generation of that batch
-    (``Generation.batch`` names it), so summing over answers over-counts.
-    """
-    batches = {int(g.batch): (float(g.prefill_ms), float(g.decode_ms)) for g in generations}
-    return sum(p for p, _ in batches.values()), sum(d for _, d in batches.values())
-

@@ -2,7 +2,9 @@
 
 * ``requests`` (service calls, action goals, clicks): bounded; a full queue refuses the new job
   ("busy") so the caller gets an answer at once. Served first, so a planner's question is never
-  starved by the camera stream.
+  starved by the camera stream; but while a stream job waits, at most ``requests_per_detection``
+  requests run in a row, then one stream job runs (its guaranteed share, so that the stream is
+  not starved by back-to-back service calls either; ``share_turns`` counts those turns).
 * ``stream`` (detection messages): bounded, newest kept: when full, the oldest pending job is
   dropped (its ``on_drop`` is called, so it is counted and logged).
 
@@ -46,9 +48,15 @@ class InferenceWorker:
         max_pending_stream: int,
         on_error: Callable[[Job, Exception], None],
         name: str = "chatspot_inference",
+        requests_per_detection: int = 4,
+        on_share_turn: Optional[Callable[[], None]] = None,
     ) -> None:
+        self._on_share_turn = on_share_turn
         self._max_requests = max(1, int(max_pending_requests))
         self._max_stream = max(1, int(max_pending_stream))
+        self._requests_per_stream = max(1, int(requests_per_detection))
+        self._requests_in_row = 0  # requests run since the last stream job, while one waited
+        self.share_turns = 0  # stream jobs run ahead of waiting requests (their share)
         self._requests: collections.deque[Job] = collections.deque()
         self._stream: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
@@ -60,9 +68,12 @@ class InferenceWorker:
 
     # -- configuration ------------------------------------------------------------------------
 
-    def set_limits(self, max_pending_requests: int, max_pending_stream: int) -> None:
+    def set_limits(self, max_pending_requests: int, max_pending_stream: int,
+                   requests_per_detection: Optional[int] = None) -> None:
         dropped: list[Job] = []
         with self._cond:
+            if requests_per_detection is not None:
+                self._requests_per_stream = max(1, int(requests_per_detection))
             self._max_requests = max(1, int(max_pending_requests))
             self._max_stream = max(1, int(max_pending_stream))
             while len(self._stream) > self._max_stream:
@@ -139,7 +150,7 @@ class InferenceWorker:
                     self._cond.wait()
                 if not self._running:
                     return
-                job = self._requests.popleft() if self._requests else self._stream.popleft()
+                job = self._next_locked()
                 self._current = job
             try:
                 job.run()
@@ -148,6 +159,21 @@ class InferenceWorker:
             finally:
                 with self._cond:
                     self._current = None
+
+    def _next_locked(self) -> Job:
+        """Requests first; a waiting stream job after ``requests_per_detection`` requests in a row."""
+        if self._stream and (not self._requests or self._requests_in_row >= self._requests_per_stream):
+            if self._requests:
+                self.share_turns += 1
+                if self._on_share_turn is not None:
+                    self._on_share_turn()
+            self._requests_in_row = 0
+            return self._stream.popleft()
+        if self._stream:
+            self._requests_in_row += 1
+        else:
+            self._requests_in_row = 0
+        return self._requests.popleft()
 
     def _report(self, job: Job, exc: Exception) -> None:
         self._on_error(job, exc)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from chatspot_ros.runtime.config import VISION_BACKENDS
 from chatspot_ros.runtime.onnx_vision import (
     OnnxRuntimeVisionBackend,
     compare_with_torch,
@@ -66,8 +67,8 @@ def create_vision_backend(
     """
     if name == "torch":
         return TorchVisionBackend(encoder, preprocess, device, dtype)
-    if name not in ("onnxruntime", "tensorrt", "auto"):
-        raise ValueError(f"unknown vision backend {name!r}; choose torch, onnxruntime, tensorrt or auto")
+    if name not in VISION_BACKENDS:
+        raise ValueError(f"unknown vision backend {name!r}; choose one of {', '.join(VISION_BACKENDS)}")
     check_engine_dir(engine_dir, model_path)
     if name == "onnxruntime":
         return _onnxruntime(encoder, preprocess, device, dtype, engine_dir)

@@ -1,13 +1,14 @@
 """ChatSpotRuntime: encode each frame once, answer every region prompt of it in one batch."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -15,7 +16,15 @@ import torch
 
 from chatspot_ros.referring.conversation import ConversationTemplate, get_conversation
 from chatspot_ros.referring.geometry import ImageGeometry
-from chatspot_ros.runtime.config import FrameFeatures, Generation, GenerationConfig, RuntimeConfig
+from chatspot_ros.runtime.config import (
+    BatchTiming,
+    FrameFeatures,
+    Generation,
+    GenerationConfig,
+    GenerationResult,
+    RuntimeConfig,
+)
+from chatspot_ros.runtime.errors import ModelError, ModelOutOfMemory, as_model_error
 from chatspot_ros.runtime.generation import LanguageModel, PrefixKV, generate_batch, prefill_prefix
 from chatspot_ros.runtime.loading import TORCH_DTYPES, CheckpointInfo, inspect_checkpoint, load_model
 from chatspot_ros.runtime.vision import ImagePreprocessor, VisionBackend, VisionEncoder
@@ -25,11 +34,29 @@ IMAGE_TOKEN = "<image>"
 MAX_PREFIXES_PER_FRAME = 4
 
 
+class _CallbackFailed(Exception):
+    """Carries an exception raised by a caller's callback through the model-error typing."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _callers(callback: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return callback(*args)
+    except Exception as exc:  # noqa: BLE001 - re-raised as itself by _model_errors
+        raise _CallbackFailed(exc) from exc
+
+
 class ChatSpotRuntime:
     """The model boundary: ``encode(frame)`` once, then ``generate(features, prompts)`` for any regions.
 
     Prompts are full conversation strings holding one ``<image>`` (e.g. from ConversationTemplate).
-    Thread-safe: calls are serialized with a lock.
+    Thread-safe: calls are serialized with a lock. When the model itself fails, ``encode`` and
+    ``generate`` raise :class:`~chatspot_ros.runtime.errors.ModelError`
+    (:class:`~chatspot_ros.runtime.errors.ModelOutOfMemory` when the device ran out of memory; the
+    caches are dropped first); bad arguments stay ``ValueError`` / ``TypeError``.
     """
 
     def __init__(
@@ -114,21 +141,48 @@ class ChatSpotRuntime:
 
     # ------------------------------------------------------------------ vision
     def encode(self, frame: np.ndarray, key: Hashable | None = None) -> FrameFeatures:
-        """Image features of one (H, W, 3) uint8 RGB frame; cached (LRU) under ``key`` when given."""
+        """Image features of one (H, W, 3) uint8 RGB frame; cached (LRU) under ``key`` when given.
+
+        ``cache_hit`` on the result says whether this call found the frame in the cache (decided
+        under the lock, so it cannot race another caller); a hit shares the cached features and
+        prefix KV, ``vision_ms`` still says what the frame cost when it was encoded.
+        """
         with self._lock:
             if key is not None and key in self._features:
                 self._features.move_to_end(key)
-                return self._features[key]
+                return dataclasses.replace(self._features[key], cache_hit=True)
             start = time.perf_counter()
-            features = self.backend.encode([frame])  # (1, N, D)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
+            with self._model_errors():
+                features = self.backend.encode([frame])  # (1, N, D)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
             result = FrameFeatures(key=key, features=features, vision_ms=(time.perf_counter() - start) * 1e3)
             if key is not None:
                 self._features[key] = result
                 while len(self._features) > self.config.feature_cache_size:
                     self._features.popitem(last=False)
             return result
+
+    @contextlib.contextmanager
+    def _model_errors(self) -> Iterator[None]:
+        """Failures of the model as typed errors; after running out of memory, drop the caches."""
+        try:
+            yield
+        except _CallbackFailed as failed:  # the caller's own callback raised: its error, untouched
+            raise failed.error from None
+        except (ValueError, TypeError, ModelError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - typed here, once, for every caller
+            error = as_model_error(exc)
+            if isinstance(error, ModelOutOfMemory):
+                self._free_memory()
+            raise error from exc
+
+    def _free_memory(self) -> None:
+        self._features.clear()
+        gc.collect()
+        if self.device.type == "cuda" and torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def cached_keys(self) -> list[Hashable]:
         with self._lock:
@@ -169,6 +223,17 @@ class ChatSpotRuntime:
         should_stop: Callable[[], bool] | None = None,
     ) -> list[Generation]:
         """One Generation per prompt, in order. All prompts sharing a prefix decode as one batch."""
+        return list(self.generate_timed(features, prompts, gen, on_token, should_stop).generations)
+
+    def generate_timed(
+        self,
+        features: FrameFeatures,
+        prompts: Sequence[str],
+        gen: GenerationConfig,
+        on_token: Callable[[int, str], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> GenerationResult:
+        """As :meth:`generate`, with each decode batch's timings reported once (``batches``)."""
         if isinstance(prompts, str):
             raise TypeError("prompts must be a sequence of strings, not one string")
         with self._lock:
@@ -179,26 +244,35 @@ class ChatSpotRuntime:
                 last_image = len(ids) - 1 - ids[::-1].index(self.image_token_id)
                 groups.setdefault(tuple(ids[: last_image + 1]), []).append(index)
             results: list[Generation | None] = [None] * len(prompts)
+            batches: list[BatchTiming] = []
             for batch, (prefix, indices) in enumerate(groups.items()):
-                kv, prefix_ms = self._prefix_kv(features, prefix)
                 suffixes = [token_lists[i][len(prefix):] for i in indices]
 
                 def row_callback(row: int, text: str, _indices: list[int] = indices) -> None:
                     if on_token is not None:
-                        on_token(_indices[row], text)
+                        _callers(on_token, _indices[row], text)
 
-                outputs = generate_batch(
-                    self.lm, self.decode_text, kv, len(prefix), suffixes, gen,
-                    prefix_ms=prefix_ms,
-                    on_token=row_callback if on_token is not None else None,
-                    should_stop=should_stop,
-                )
+                with self._model_errors():
+                    kv, prefix_ms = self._prefix_kv(features, prefix)
+                    outputs = generate_batch(
+                        self.lm, self.decode_text, kv, len(prefix), suffixes, gen,
+                        prefix_ms=prefix_ms,
+                        on_token=row_callback if on_token is not None else None,
+                        should_stop=(lambda: bool(_callers(should_stop))) if should_stop is not None else None,
+                    )
                 for i, out in zip(indices, outputs):
                     results[i] = dataclasses.replace(out, batch=batch)
+                first = outputs[0] if outputs else None
+                batches.append(BatchTiming(
+                    batch=batch, prompts=tuple(indices),
+                    prefill_ms=first.prefill_ms if first else 0.0,
+                    decode_ms=first.decode_ms if first else 0.0,
+                    tokens=sum(o.tokens for o in outputs),
+                ))
             missing = [i for i, r in enumerate(results) if r is None]
             if missing:
                 raise RuntimeError(f"internal error: no generation for prompt(s) {missing}")
-            return results  # type: ignore[return-value]
+            return GenerationResult(generations=tuple(results), batches=tuple(batches))  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ lifecycle
     def clear_cache(self) -> None:

@@ -63,9 +63,11 @@ def prefill_prefix(lm: LanguageModel, prefix_ids: torch.Tensor, image_features: 
 class PreallocatedLayer(DynamicLayer):
     """A DynamicLayer whose keys/values live in one buffer sized up front (gpt-fast's static cache).
 
-    ``update`` writes the new states in place and returns views, so a decoding step allocates
-    nothing; the grow-by-concatenation of DynamicLayer copies the whole cache every step, which
-    on the CPU costs more than the step's matmuls once K regions share a long image prefix.
+    ``update`` writes the new states in place and returns views, so the cache is never copied
+    to grow (DynamicLayer's grow-by-concatenation copies the whole cache every step, which on
+    the CPU costs more than the step's matmuls once K regions share a long image prefix). The
+    step itself still allocates its activations, and dropping finished rows
+    (``batch_select_indices``) copies the buffers once for the rows that remain.
     """
 
     def __init__(self, prefix_keys: torch.Tensor, prefix_values: torch.Tensor, batch: int, capacity: int) -> None:

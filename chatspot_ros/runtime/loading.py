@@ -17,7 +17,7 @@ import torch
 from chatspot_ros.referring.conversation import CONVERSATIONS
 from chatspot_ros.referring.dialects import DIALECTS
 from chatspot_ros.referring.geometry import ImageGeometry, ResizeMode, processor_pads_to_square
-from chatspot_ros.runtime.config import RuntimeConfig
+from chatspot_ros.runtime.config import DTYPES, RuntimeConfig
 from chatspot_ros.runtime.projector import (
     load_projector_strict,
     make_linear_projector,
@@ -32,8 +32,22 @@ TORCH_DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
 }
+assert tuple(TORCH_DTYPES) == DTYPES, "runtime.config.DTYPES and TORCH_DTYPES disagree"
 FAMILY_DIALECT: dict[str, str] = {"llava": "llava", "chatspot": "chatspot"}
 FAMILY_CONVERSATION: dict[str, str] = {"llava": "vicuna_v1", "chatspot": "vicuna_v1"}
+# The paper writes regions between these special tokens: a tokenizer that holds both was trained
+# on the chatspot dialect, whatever the projector (the paper says MLP in 3.1 and linear in 4.1).
+BOX_TOKENS: tuple[str, str] = ("<box>", "</box>")
+# Where transformers keeps the image processor settings, in the order it reads them itself
+# (image_processing_base.get_image_processor_dict): 5.x nests them in processor_config.json under
+# "image_processor"; 4.x and published llava-hf checkpoints have preprocessor_config.json (a
+# 4.x processor_config.json holds processor settings only, no "image_processor").
+PROCESSOR_FILE = "processor_config.json"
+PREPROCESSOR_FILE = "preprocessor_config.json"
+# Tokenizer files that list added / special tokens (read as JSON, before the tokenizer loads).
+_TOKENIZER_FILES: tuple[str, ...] = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+)
 
 
 @dataclass(frozen=True)
@@ -43,10 +57,12 @@ class CheckpointInfo:
     path: Path
     model_config: dict[str, Any]
     processor_config: dict[str, Any]
+    processor_source: str  # the file (and key) the image processor settings were read from
     weight_files: tuple[Path, ...]
     family: str  # "llava" | "chatspot"
     projector_type: str  # "mlp2x_gelu" | "linear"
     default_dialect: str
+    dialect_source: str  # why that dialect: "config.json chatspot_dialect", "tokenizer <box> tokens", ...
     conversation: str
     geometry: ImageGeometry  # how the model sees a frame (Φ normalizes against it)
     pad_to_square: bool  # the runtime pads frames itself (geometry is PAD, the processor does not pad)
@@ -68,7 +84,8 @@ def inspect_checkpoint(config: RuntimeConfig) -> CheckpointInfo:
     if not path.exists():
         raise FileNotFoundError(
             f"model folder {path} does not exist; pass the path of a local checkpoint folder "
-            "(llava-hf layout: config.json, *.safetensors, tokenizer files, preprocessor_config.json). "
+            "(llava-hf layout: config.json, *.safetensors, tokenizer files, preprocessor_config.json "
+            "or processor_config.json). "
             "Nothing is downloaded."
         )
     if not path.is_dir():
@@ -90,25 +107,27 @@ def inspect_checkpoint(config: RuntimeConfig) -> CheckpointInfo:
     weight_files = _weight_files(path, config.safetensors_only)
     if not ((path / "tokenizer.json").is_file() or (path / "tokenizer.model").is_file()):
         raise FileNotFoundError(f"{path} has no tokenizer (tokenizer.json or tokenizer.model)")
-    processor_path = path / "preprocessor_config.json"
-    if not processor_path.is_file():
-        raise FileNotFoundError(f"{path} has no preprocessor_config.json (the image processor settings)")
-    processor_config = _read_json(processor_path)
+    processor_config, processor_source = read_processor_config(path)
 
     projector_type = projector_type_of(model_config)
-    family, dialect, conversation = _family_defaults(model_config, projector_type, config_path)
+    family, dialect, dialect_source, conversation = _family_defaults(
+        model_config, projector_type, config_path, tokenizer_tokens(path))
     try:
         geometry = ImageGeometry.from_checkpoint_configs(processor_config, model_config)
     except ValueError as err:
         raise ValueError(f"{path}: unsupported image preprocessing: {err}") from None
+    LOGGER.info("%s: image processor settings from %s; default dialect %s (%s)",
+                path, processor_source, dialect, dialect_source)
     return CheckpointInfo(
         path=path,
         model_config=model_config,
         processor_config=processor_config,
+        processor_source=processor_source,
         weight_files=weight_files,
         family=family,
         projector_type=projector_type,
         default_dialect=dialect,
+        dialect_source=dialect_source,
         conversation=conversation,
         geometry=geometry,
         # One source of truth with Φ: the pixels are padded exactly when the geometry the region
@@ -117,12 +136,76 @@ def inspect_checkpoint(config: RuntimeConfig) -> CheckpointInfo:
     )
 
 
-def _family_defaults(model_config: dict[str, Any], projector_type: str, config_path: Path) -> tuple[str, str, str]:
-    """(family, default dialect, conversation template): from the projector, overridable in config.json."""
+def read_processor_config(path: Path) -> tuple[dict[str, Any], str]:
+    """(image processor settings, where they came from), from any layout transformers writes for LLaVA."""
+    processor_path = path / PROCESSOR_FILE
+    if processor_path.is_file():
+        nested = _read_json(processor_path).get("image_processor")
+        if nested is not None:
+            if not isinstance(nested, dict):
+                raise ValueError(f"{processor_path}: 'image_processor' must be a JSON object")
+            return nested, f'{PROCESSOR_FILE} ("image_processor")'
+    preprocessor_path = path / PREPROCESSOR_FILE
+    if preprocessor_path.is_file():
+        return _read_json(preprocessor_path), PREPROCESSOR_FILE
+    raise FileNotFoundError(
+        f"{path} has no image processor settings: neither {PREPROCESSOR_FILE} (transformers 4.x, llava-hf) "
+        f"nor {PROCESSOR_FILE} with an \"image_processor\" entry (transformers 5 save_pretrained)"
+    )
+
+
+def tokenizer_tokens(path: Path) -> frozenset[str]:
+    """The added and special tokens the checkpoint's tokenizer files declare (no tokenizer is loaded)."""
+    found: set[str] = set()
+
+    def take(item: Any) -> None:
+        if isinstance(item, str):
+            found.add(item)
+        elif isinstance(item, dict) and isinstance(item.get("content"), str):
+            found.add(item["content"])
+
+    for name in _TOKENIZER_FILES:
+        file = path / name
+        if not file.is_file():
+            continue
+        try:
+            data = _read_json(file)
+        except ValueError:
+            continue  # the tokenizer itself reports a damaged file when it loads
+        if name == "added_tokens.json":
+            found.update(k for k in data if isinstance(k, str))
+            continue
+        for entry in data.get("added_tokens", ()) if isinstance(data.get("added_tokens"), list) else ():
+            take(entry)
+        decoder = data.get("added_tokens_decoder")
+        if isinstance(decoder, dict):
+            for entry in decoder.values():
+                take(entry)
+        for key in ("additional_special_tokens", "extra_special_tokens"):
+            value = data.get(key)
+            items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+            for entry in items:
+                take(entry)
+    return frozenset(found)
+
+
+def _family_defaults(model_config: dict[str, Any], projector_type: str, config_path: Path,
+                     tokens: frozenset[str] = frozenset()) -> tuple[str, str, str, str]:
+    """(family, default dialect, why that dialect, conversation template).
+
+    The family follows the projector (overridable with ``chatspot_family``). The dialect is
+    ``chatspot_dialect`` from config.json when given; else ``chatspot`` when the tokenizer holds
+    both box tokens (the checkpoint was trained on them); else the family's.
+    """
     family = str(model_config.get("chatspot_family", "chatspot" if projector_type == "linear" else "llava"))
     if family not in FAMILY_DIALECT:
         raise ValueError(f"{config_path}: chatspot_family must be one of {', '.join(FAMILY_DIALECT)}")
-    dialect = str(model_config.get("chatspot_dialect", FAMILY_DIALECT[family]))
+    if "chatspot_dialect" in model_config:
+        dialect, source = str(model_config["chatspot_dialect"]), "chatspot_dialect in config.json"
+    elif all(t in tokens for t in BOX_TOKENS):
+        dialect, source = "chatspot", f"the tokenizer holds {' and '.join(BOX_TOKENS)}"
+    else:
+        dialect, source = FAMILY_DIALECT[family], f"the {family} family's (no {'/'.join(BOX_TOKENS)} tokens)"
     if dialect not in DIALECTS:
         raise ValueError(f"{config_path}: chatspot_dialect {dialect!r} is not one of {', '.join(DIALECTS)}")
     conversation = str(model_config.get("chatspot_conversation", FAMILY_CONVERSATION[family]))
@@ -130,7 +213,7 @@ def _family_defaults(model_config: dict[str, Any], projector_type: str, config_p
         raise ValueError(
             f"{config_path}: chatspot_conversation {conversation!r} is not one of {', '.join(CONVERSATIONS)}"
         )
-    return family, dialect, conversation
+    return family, dialect, source, conversation
 
 
 def _weight_files(path: Path, safetensors_only: bool) -> tuple[Path, ...]:

@@ -31,6 +31,7 @@ from chatspot_ros.msg import Region as RegionMsg
 REPO = Path(__file__).resolve().parents[2]
 PARAMS_FILE = REPO / "config" / "agent.yaml"
 _client_ids = itertools.count()
+TIMEOUT_SCALE = max(1.0, float(os.environ.get("CHATSPOT_TEST_TIMEOUT_SCALE", "1")))
 
 
 def agent_command(model_dir: Path, params: Optional[dict[str, Any]] = None, namespace: str = "") -> list[str]:
@@ -73,8 +74,11 @@ class AgentProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:
-                self.proc.wait(timeout)
+                self.proc.wait(timeout * TIMEOUT_SCALE)
             except subprocess.TimeoutExpired:
+                # the agent dumps every thread's stack on SIGUSR1 (agent.py): the log says where it hangs
+                self.proc.send_signal(signal.SIGUSR1)
+                time.sleep(1.0)
                 self.proc.kill()
                 self.proc.wait(5)
         self._log.close()
@@ -92,6 +96,7 @@ class RosClient:
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self._publishers: dict[tuple[str, Any], Any] = {}
+        self._clients: dict[tuple[Any, str], Any] = {}
 
     def close(self) -> None:
         self.executor.shutdown()
@@ -157,12 +162,15 @@ class RosClient:
     # -- services and actions -------------------------------------------------------------------
 
     def call(self, srv_type: Any, name: str, request: Any, timeout: float = 60.0) -> Any:
-        client = self.node.create_client(srv_type, name)
-        try:
-            assert self.spin_until(client.service_is_ready, timeout), f"service {name} not available"
-            return self.wait_future(client.call_async(request), timeout)
-        finally:
-            self.node.destroy_client(client)
+        """Call a service with a client kept for the next calls: a fresh client per call can send
+        its request before the server has discovered the client's response reader, and rmw then
+        drops the response ("failed to send response (timeout)"), mostly on a loaded machine."""
+        key = (srv_type, name)
+        client = self._clients.get(key)
+        if client is None:
+            client = self._clients[key] = self.node.create_client(srv_type, name)
+        assert self.spin_until(client.service_is_ready, timeout), f"service {name} not available"
+        return self.wait_future(client.call_async(request), timeout)
 
     def action_client(self, action_type: Any, name: str) -> ActionClient:
         client = ActionClient(self.node, action_type, name)

@@ -15,8 +15,8 @@ from chatspot_ros.ros.config import (
     changes_allowed,
 )
 from chatspot_ros.ros.drawing import Annotation, draw_annotations, scaled_size
-from chatspot_ros.ros.pending import Outcome, PendingRequest
-from chatspot_ros.ros.stats import LogLimiter, Stats, batch_timings
+from chatspot_ros.requests import Outcome, PendingRequest, RequestKind, RequestTracker
+from chatspot_ros.ros.stats import LogLimiter, Stats
 from chatspot_ros.ros.worker import InferenceWorker, Job
 
 
@@ -27,7 +27,7 @@ def test_every_parameter_has_a_description_and_a_valid_default() -> None:
         assert spec.description and spec.when in ("always", "activate", "configure", "startup")
         assert spec.name.split(".")[0] in ("autostart", "model", "vision", "referring", "generation", "image",
                                            "topics", "camera_info", "qos", "queues", "frames", "limits", "click",
-                                           "task", "describe", "projection", "tf", "debug", "diagnostics")
+                                           "task", "describe", "projection", "tf", "debug", "diagnostics", "server")
     AgentConfig.defaults()
     assert set(REFERRING_FORMATS) - {""} == set(DIALECTS)
 
@@ -83,18 +83,6 @@ def test_stats_balance() -> None:
     assert stats.tokens_per_s() == pytest.approx(20.0)
 
 
-def test_batch_timings_count_each_batch_once() -> None:
-    from chatspot_ros.runtime.config import Generation
-
-    # Three answers of one batch carry the batch's times; a fourth prompt decoded in a second batch,
-    # and a fifth in a third batch that happened to take exactly as long as the first.
-    one_batch = [Generation("a", 3, 40.0, 200.0, "eos", batch=0)] * 3
-    assert batch_timings(one_batch) == (40.0, 200.0)
-    assert batch_timings(one_batch + [Generation("b", 2, 5.0, 70.0, "eos", batch=1)]) == (45.0, 270.0)
-    assert batch_timings(one_batch + [Generation("c", 3, 40.0, 200.0, "eos", batch=2)]) == (80.0, 400.0)
-    assert batch_timings([]) == (0.0, 0.0)
-
-
 def test_log_limiter_is_per_kind_and_reports_what_it_held_back() -> None:
     now = [0.0]
     limiter = LogLimiter(2.0, clock=lambda: now[0])
@@ -107,11 +95,30 @@ def test_log_limiter_is_per_kind_and_reports_what_it_held_back() -> None:
 
 def test_a_pending_request_is_counted_once() -> None:
     stats = Stats()
-    request = PendingRequest(stats, "requests", stop_check=lambda: "cancelled")
+    request = PendingRequest(stats, RequestKind.ASK, stop_check=lambda: "cancelled")
     assert request.should_stop() and request.stop_reason == "cancelled"
     assert request.finish("served", Outcome(True, ""))
     assert not request.finish("failed", Outcome(False, "late"))
     assert stats.counters() == {"requests.served": 1} and request.outcome.success
+
+
+def test_request_kinds_are_typed_and_outcomes_checked() -> None:
+    assert [k.counter for k in RequestKind] == ["detections", "clicks", "requests", "requests", "requests"]
+    assert RequestKind.DESCRIBE.stopped_status == "cancelled" and RequestKind.CLICK.stopped_status == "failed"
+    with pytest.raises(TypeError):
+        PendingRequest(Stats(), "requests")  # a counter name is not a kind
+    with pytest.raises(ValueError, match="not an outcome of click"):
+        PendingRequest(Stats(), RequestKind.CLICK).finish("served", Outcome(True, ""))
+
+
+def test_the_tracker_waits_for_open_requests_and_stops_them() -> None:
+    tracker = RequestTracker()
+    request = PendingRequest(Stats(), RequestKind.ASK)
+    tracker.enter(request)
+    assert not tracker.wait_idle(0.01) and tracker.stop_all("node deactivated") == 1
+    assert request.should_stop() and request.stop_reason == "node deactivated"
+    threading.Timer(0.05, tracker.leave, args=(request,)).start()
+    assert tracker.wait_idle(5.0) and len(tracker) == 0
 
 
 class Recorder:
@@ -218,3 +225,40 @@ def test_diagnostics_statuses_from_a_snapshot() -> None:
     assert values["/ns/agent: latency"]["decode.mean_ms"] == "10.00" and latency.message == "no answers yet"
     failed = build_statuses(NodeSnapshot(**{**snapshot.__dict__, "last_error": "boom", "state": "unconfigured"}))
     assert failed[0].level == DiagnosticStatus.ERROR and failed[0].message == "boom"
+
+
+def test_detections_get_their_share_under_back_to_back_requests() -> None:
+    rec = Recorder()
+    turns: list[int] = []
+    worker = InferenceWorker(8, 2, lambda job, exc: rec.errors.append(str(exc)), requests_per_detection=2,
+                             on_share_turn=lambda: turns.append(1))
+    worker.start()
+    assert worker.submit_request(rec.job("blocker", block=True))
+    time.sleep(0.1)  # the blocker is running
+    for name in ("s1", "s2"):
+        worker.submit_stream(rec.job(name))
+    for i in range(1, 7):
+        assert worker.submit_request(rec.job(f"r{i}"))
+    rec.gate.set()
+    deadline = time.monotonic() + 5
+    while worker.depths() != (0, 0, False) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert rec.ran == ["blocker", "r1", "r2", "s1", "r3", "r4", "s2", "r5", "r6"]
+    assert worker.share_turns == 2 and len(turns) == 2
+    assert worker.stop("done")
+
+
+def test_the_tracker_counts_owed_responses_until_sent() -> None:
+    tracker = RequestTracker()
+    request = PendingRequest(Stats(), RequestKind.ASK)
+    tracker.enter(request)
+    tracker.leave(request)
+    assert tracker.wait_idle(1.0) and tracker.owed == 1
+    threading.Timer(0.05, tracker.sent).start()
+    start = time.monotonic()
+    assert tracker.wait_sent(5.0) == 0 and time.monotonic() - start < 2.0
+    tracker.enter(request)  # a goal whose client never asks for its result: forgotten after the bound
+    tracker.leave(request)
+    assert tracker.wait_sent(0.05) == 1 and tracker.owed == 0
+
+

@@ -39,12 +39,13 @@ def set_int(client: RosClient, name: str, value: int):
     return client.call(SetParameters, f"{NODE}/set_parameters", request).results[0]
 
 
-def ask_works(client: RosClient, sec: int) -> None:
+def ask_works(client: RosClient, sec: int) -> AskRegion.Response:
     client.wait_for_subscriber("image", Image)
     publish_frames_reliably(client, f"/test_node_lifecycle/{NODE}", "image", [image_msg(scene(96, 72, sec), stamp(sec))])
     response = client.call(AskRegion, "ask", AskRegion.Request(question="What?", regions=[box_region(5, 5, 40, 40)]))
     assert response.success, response.message
     assert response.header.stamp.sec == sec
+    return response
 
 
 def ask_is_offline(client: RosClient) -> None:
@@ -54,7 +55,8 @@ def ask_is_offline(client: RosClient) -> None:
     client.node.destroy_client(ask)
 
 
-def test_configure_failure_is_reported_and_the_node_recovers(agent: AgentProcess, client: RosClient, tiny_model_dir) -> None:
+def test_configure_failure_is_reported_and_the_node_recovers(agent: AgentProcess, client: RosClient, tiny_model_dir,
+                                                              tmp_path) -> None:
     assert state(client) == State.PRIMARY_STATE_UNCONFIGURED
     assert set_string(client, "model.path", "/nonexistent/checkpoint").successful
     assert not transition(client, Transition.TRANSITION_CONFIGURE)
@@ -64,6 +66,20 @@ def test_configure_failure_is_reported_and_the_node_recovers(agent: AgentProcess
     assert values["model.level"] == "2"  # ERROR
     assert "configure failed" in agent.log() and "/nonexistent/checkpoint" in agent.log()
     assert set_string(client, "model.path", str(tiny_model_dir)).successful
+    # referring.templates: a missing file fails configure with the reason; a given one is live.
+    assert set_string(client, "referring.templates", str(tmp_path / "missing.yaml")).successful
+    assert not transition(client, Transition.TRANSITION_CONFIGURE)
+    assert "missing.yaml" in client.diagnostics(f"/{agent.namespace.strip('/')}/{NODE}")["last_error"]
+    templates = tmp_path / "instructions.yaml"
+    templates.write_text('region_question: "Q: {question} R: {region}"\n')
+    assert set_string(client, "referring.templates", str(templates)).successful
+    assert transition(client, Transition.TRANSITION_CONFIGURE)
+    assert state(client) == State.PRIMARY_STATE_INACTIVE
+    assert transition(client, Transition.TRANSITION_ACTIVATE)
+    assert ask_works(client, 3).instruction.startswith("Q: What? R: ")
+    assert transition(client, Transition.TRANSITION_DEACTIVATE)
+    assert transition(client, Transition.TRANSITION_CLEANUP)
+    assert set_string(client, "referring.templates", "").successful  # the installed file again
     assert transition(client, Transition.TRANSITION_CONFIGURE)
     assert state(client) == State.PRIMARY_STATE_INACTIVE
 

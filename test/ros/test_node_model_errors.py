@@ -10,14 +10,13 @@ from typing import Any, Iterator
 
 import pytest
 import rclpy
-import torch
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.parameter import Parameter
 
-from chatspot_ros.pipeline import RegionAnswer
+from chatspot_ros.pipeline import FrameAnswers, RegionAnswer
 from chatspot_ros.referring import ImageGeometry, InstructionBuilder, get_dialect
 from chatspot_ros.ros.node import ChatSpotAgentNode
-from chatspot_ros.runtime import Generation
+from chatspot_ros.runtime import BatchTiming, Generation, ModelError, ModelOutOfMemory
 from chatspot_ros.srv import AskRegion
 from chatspot_ros.action import Describe
 from action_msgs.msg import GoalStatus
@@ -35,30 +34,33 @@ class FakeRuntime:
 
     def __init__(self) -> None:
         self.closed = False
-        self.cleared = 0
 
     def close(self) -> None:
         self.closed = True
 
-    def clear_cache(self) -> None:
-        self.cleared += 1
-
 
 class FakeChatSpot:
-    """Fails the way it is told to: ``failures`` is a list of exceptions raised after 2 tokens."""
+    """Fails the way it is told to: ``failures`` is a list of exceptions raised after 2 tokens
+    (what the runtime raises: typed model errors, or anything else for a bug)."""
 
     def __init__(self) -> None:
         self.runtime = FakeRuntime()
         self.builder = InstructionBuilder(get_dialect("llava"), ImageGeometry.stretch(224, 224))
         self.failures: list[BaseException] = []
 
-    def answer(self, frame, frame_key, requests, gen, on_token=None, should_stop=None) -> list[RegionAnswer]:
+    def set_limits(self, **limits: Any) -> None:
+        self.builder = InstructionBuilder(self.builder.dialect, self.builder.geometry, **limits)
+
+    def answer_frame(self, frame, frame_key, requests, gen, on_token=None, should_stop=None) -> FrameAnswers:
         if on_token is not None:
             on_token(0, "a")
             on_token(0, "a b")
         if self.failures:
             raise self.failures.pop(0)
-        return [RegionAnswer(r, "prompt", "fine", Generation("fine", 2, 1.0, 2.0, "eos"), 3.0) for r in requests]
+        answers = tuple(RegionAnswer(r, "prompt", "fine", Generation("fine", 2, 1.0, 2.0, "eos"), 3.0)
+                        for r in requests)
+        return FrameAnswers(answers, 3.0, False, (BatchTiming(0, tuple(range(len(requests))), 1.0, 2.0,
+                                                              2 * len(requests)),), 6.0)
 
     def close(self) -> None:
         self.runtime.close()
@@ -98,12 +100,18 @@ def test_model_exceptions_and_oom_fail_the_request_not_the_node(node_and_model) 
     node.trigger_activate()
     with RosClient(NAMESPACE) as client:
         client.wait_for_subscriber("image", Image)
-        client.publish("image", image_msg(scene(64, 48), stamp(3)))
-        client.spin_for(0.3)
-        fake.failures = [RuntimeError("boom"), torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")]
+        frame = image_msg(scene(64, 48), stamp(3))
+
+        def buffered() -> bool:  # best-effort image QoS: publish until the node has one
+            client.publish("image", frame)
+            return node.stats.get("images.buffered") > 0
+
+        assert client.spin_until(buffered, 10), "the node received no image"
+        fake.failures = [ModelError("RuntimeError: boom"),
+                         ModelOutOfMemory("OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB")]
         request = AskRegion.Request(question="What?", regions=[box_region(1, 1, 30, 30)])
         first = client.call(AskRegion, "ask", request)
-        assert not first.success and "model error: RuntimeError: boom" in first.message
+        assert not first.success and first.message == "model error: RuntimeError: boom"
         action = client.action_client(Describe, "describe")
         handle = client.wait_future(action.send_goal_async(Describe.Goal(question="What?")), 10)
         result = client.wait_future(handle.get_result_async(), 10)
@@ -113,7 +121,6 @@ def test_model_exceptions_and_oom_fail_the_request_not_the_node(node_and_model) 
         assert ok.success and ok.answer == "fine"
     assert node.stats.get("model.errors") == 2 and node.stats.get("model.oom") == 1
     assert node.stats.get("requests.failed") == 2 and node.stats.get("requests.served") == 1
-    assert fake.runtime.cleared == 1  # caches dropped after the OOM
     node.trigger_deactivate()
     node.trigger_cleanup()
     assert fake.runtime.closed
@@ -138,10 +145,11 @@ def test_a_bug_in_a_request_handler_fails_that_request_with_a_reason(node_and_mo
     assert node.stats.balance("requests") == 0
 
 
-def test_stage_times_count_a_shared_decode_batch_once(node_and_model) -> None:
+def test_stage_times_come_from_the_cores_report_once(node_and_model) -> None:
     node, _ = node_and_model
-    batch = Generation("x", 3, 40.0, 200.0, "eos")  # three answers decoded as one batch
-    node._observe_answers([RegionAnswer(None, "p", "x", batch, 7.0) for _ in range(3)], 0.5)
+    answer = RegionAnswer(None, "p", "x", Generation("x", 3, 40.0, 200.0, "eos"), 7.0)
+    report = FrameAnswers((answer,) * 3, 7.0, False, (BatchTiming(0, (0, 1, 2), 40.0, 200.0, 9),), 250.0)
+    node._observe(report, 0.5)  # three answers decoded as one batch
     stages = node.stats.stages()
     assert (stages["vision"].last_ms, stages["prefill"].last_ms, stages["decode"].last_ms) == (7.0, 40.0, 200.0)
     assert node.stats.tokens_per_s() == pytest.approx(9 / 0.2)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 
 import cv2
@@ -42,6 +43,30 @@ def test_ask_whole_image_and_dialect(chatspot_model_dir, image_path, capsys) -> 
     assert "<box>" in json.loads(capsys.readouterr().out)["instruction"]
 
 
+def test_ask_reads_the_templates_file(tiny_model_dir, image_path, tmp_path, capsys) -> None:
+    templates = tmp_path / "instructions.yaml"
+    templates.write_text('region_question: "Q: {question} R: {region}"\n')
+    assert ask.main(["--model", str(tiny_model_dir), "--image", str(image_path), "--box", "1,2,30,40",
+                     "--question", "What?", "--templates", str(templates), "--json", "--max-new-tokens", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["instruction"].startswith("Q: What? R: ")
+    templates.write_text('region_question: "no placeholders"\n')
+    assert ask.main(["--model", str(tiny_model_dir), "--image", str(image_path), "--question", "x",
+                     "--templates", str(templates)]) == 2
+    assert "region_question" in capsys.readouterr().err
+
+
+def test_the_default_templates_are_the_installed_file(monkeypatch) -> None:
+    """config/instructions.yaml is live: editing it changes the instructions (no code change)."""
+    import yaml
+
+    from chatspot_ros import pipeline
+
+    file = pipeline.default_templates_file()
+    assert file is not None and file.read_text() == (pipeline.SOURCE_TEMPLATES_FILE).read_text()
+    data = yaml.safe_load(file.read_text())
+    assert pipeline.load_templates("").region_question == data["region_question"]
+
+
 def test_ask_errors(tiny_model_dir, image_path, tmp_path, capsys) -> None:
     assert ask.main(["--model", str(tmp_path / "none"), "--image", str(image_path), "--question", "x"]) == 2
     assert "does not exist" in capsys.readouterr().err
@@ -75,6 +100,27 @@ def test_build_engine_without_tensorrt_fails_clearly(tiny_model_dir, engine_dir,
     assert "TensorRT is not installed" in capsys.readouterr().err
 
 
-def test_modules_run_with_python_m() -> None:
-    for module in (ask, bench, build_engine):
-        assert callable(module.main) and module.__name__.startswith("chatspot_ros.cli.")
+def _python_m(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_ask_runs_with_python_m(tiny_model_dir, image_path) -> None:
+    """The module's ``__main__`` path, in its own process: exit code and output of a real answer."""
+    done = _python_m("chatspot_ros.cli.ask", "--model", str(tiny_model_dir), "--image", str(image_path),
+                     "--point", "20,30", "--question", "What is this?", "--json", "--max-new-tokens", "3")
+    assert done.returncode == 0, done.stderr
+    (line,) = done.stdout.splitlines()
+    assert json.loads(line)["region"] == {"kind": "point", "points": [[20.0, 30.0]]}
+    refused = _python_m("chatspot_ros.cli.ask", "--model", str(image_path.parent / "none"),
+                        "--image", str(image_path), "--question", "x")
+    assert refused.returncode == 2 and "does not exist" in refused.stderr
+
+
+@pytest.mark.parametrize("module, prog", [("chatspot_ros.cli.bench", "chatspot-bench"),
+                                          ("chatspot_ros.cli.build_engine", "chatspot-build-engine")])
+def test_bench_and_build_engine_run_with_python_m(module, prog) -> None:
+    done = _python_m(module, "--help")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"usage: {prog}")
+    wrong = _python_m(module, "--model", "m", "--no-such-option")
+    assert wrong.returncode == 2 and "unrecognized arguments: --no-such-option" in wrong.stderr

@@ -89,7 +89,8 @@ def test_feature_cache_is_a_bounded_lru(tiny_model_dir) -> None:
 
     rt = ChatSpotRuntime.load(RuntimeConfig(model_path=str(tiny_model_dir), feature_cache_size=2))
     a = rt.encode(make_frame(1), key="a")
-    assert rt.encode(make_frame(99), key="a") is a  # same key: no new encoding
+    hit = rt.encode(make_frame(99), key="a")  # same key: no new encoding, the cached features shared
+    assert not a.cache_hit and hit.cache_hit and hit.features is a.features and hit.prefix_kv is a.prefix_kv
     rt.encode(make_frame(2), key="b")
     rt.encode(make_frame(1), key="a")  # touch a
     rt.encode(make_frame(3), key="c")  # evicts b

@@ -5,6 +5,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -33,7 +34,9 @@ def _load(path: Path, **kwargs) -> ChatSpotRuntime:
 
 def test_llava_checkpoint_defaults(runtime) -> None:
     assert runtime.family == "llava"
-    assert runtime.default_dialect == "llava"
+    # The tiny tokenizer holds <box> and </box> (trained on them): the chatspot dialect, whatever
+    # the projector; test_dialect_default_* below cover the other cases.
+    assert runtime.default_dialect == "chatspot"
     assert runtime.conversation_name == "vicuna_v1"
     assert runtime.backend_name == "torch"
     assert runtime.preprocess.pad_to_square  # image_aspect_ratio "pad" in config.json
@@ -46,13 +49,13 @@ def test_missing_folder(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("missing, match", [
-    ("config.json", "no config.json"),
-    ("tokenizer.json", "no tokenizer"),
-    ("preprocessor_config.json", "preprocessor_config.json"),
-    ("model.safetensors", "holds no weights"),
+    (("config.json",), "no config.json"),
+    (("tokenizer.json",), "no tokenizer"),
+    (("preprocessor_config.json", "processor_config.json"), "no image processor settings"),
+    (("model.safetensors",), "holds no weights"),
 ])
 def test_missing_files(tiny_model_dir, tmp_path, missing, match) -> None:
-    folder = _copy(tiny_model_dir, tmp_path / "ckpt", drop=(missing,))
+    folder = _copy(tiny_model_dir, tmp_path / "ckpt", drop=missing)
     with pytest.raises(FileNotFoundError, match=match):
         _load(folder)
 
@@ -151,6 +154,7 @@ def test_padding_follows_the_geometry(tiny_model_dir, tmp_path, model_changes, p
     """One decision: the runtime pads the pixels exactly when Φ normalizes against a padded square."""
     folder = _copy(tiny_model_dir, tmp_path / "ckpt")
     _edit_json(folder / "config.json", **model_changes)
+    (folder / "processor_config.json").unlink()  # one file to edit: the 4.x / llava-hf layout
     _edit_json(folder / "preprocessor_config.json", **processor_changes)
     info = inspect_checkpoint(RuntimeConfig(model_path=str(folder)))
     assert info.geometry.mode is mode and info.pad_to_square is runtime_pads
@@ -181,3 +185,80 @@ def test_engine_dir_inside_the_model_folder_is_refused(tiny_model_dir) -> None:
 def test_onnxruntime_backend_writes_only_under_engine_dir(onnx_runtime, tiny_model_dir, engine_dir) -> None:
     assert list(engine_dir.glob("onnx/vision-*.onnx"))
     assert not [p for p in tiny_model_dir.rglob("*") if p.suffix in (".onnx", ".engine")]
+
+
+# -- defect: checkpoints written by transformers 5 (processor_config.json only) were refused ------
+
+def test_a_folder_written_by_llava_processor_save_pretrained_loads(tiny_model_dir, runtime, tmp_path,
+                                                                    caplog) -> None:
+    """transformers 5 ``LlavaProcessor.save_pretrained`` writes one processor_config.json with the
+    image processor nested under "image_processor" and no preprocessor_config.json."""
+    from transformers import LlavaProcessor
+
+    folder = _copy(tiny_model_dir, tmp_path / "ckpt",
+                   drop=("preprocessor_config.json", "processor_config.json", "tokenizer.json",
+                         "tokenizer_config.json"))
+    LlavaProcessor.from_pretrained(str(tiny_model_dir), local_files_only=True).save_pretrained(folder)
+    assert not (folder / "preprocessor_config.json").exists()
+    assert "image_processor" in json.loads((folder / "processor_config.json").read_text())
+    with caplog.at_level("INFO", logger="chatspot_ros.runtime"):
+        rt = _load(folder)
+    try:
+        assert rt.info.processor_source == 'processor_config.json ("image_processor")'
+        assert any('processor_config.json ("image_processor")' in r.getMessage() for r in caplog.records)
+        assert rt.geometry == runtime.geometry and rt.preprocess.pad_to_square is runtime.preprocess.pad_to_square
+        frame = np.random.default_rng(1).integers(0, 256, (90, 130, 3), dtype=np.uint8)
+        assert torch.equal(rt.encode(frame).features, runtime.encode(frame).features)
+    finally:
+        rt.close()
+
+
+def test_the_4x_layout_reports_preprocessor_config(tiny_model_dir, tmp_path) -> None:
+    folder = _copy(tiny_model_dir, tmp_path / "ckpt")
+    _edit_json(folder / "processor_config.json", image_processor=None)  # a 4.x processor_config.json
+    info = inspect_checkpoint(RuntimeConfig(model_path=str(folder)))
+    assert info.processor_source == "preprocessor_config.json"
+    assert info.processor_config == json.loads((folder / "preprocessor_config.json").read_text())
+
+
+# -- defect: the dialect default follows the tokenizer's <box> tokens, not the projector ----------
+
+def _without_box_tokens(src: Path, dst: Path) -> Path:
+    """A copy whose tokenizer files declare no <box>/</box> (as LLaVA-1.5's do not)."""
+    folder = _copy(src, dst)
+    data = json.loads((folder / "tokenizer.json").read_text())
+    data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] not in ("<box>", "</box>")]
+    (folder / "tokenizer.json").write_text(json.dumps(data))
+    return folder
+
+
+def test_dialect_default_box_tokens_mean_chatspot_whatever_the_projector(tiny_model_dir) -> None:
+    info = inspect_checkpoint(RuntimeConfig(model_path=str(tiny_model_dir)))
+    assert info.projector_type == "mlp2x_gelu" and info.family == "llava"
+    assert info.default_dialect == "chatspot" and "<box>" in info.dialect_source
+
+
+def test_dialect_default_llava_without_box_tokens(tiny_model_dir, tmp_path) -> None:
+    folder = _without_box_tokens(tiny_model_dir, tmp_path / "ckpt")
+    info = inspect_checkpoint(RuntimeConfig(model_path=str(folder)))
+    assert info.family == "llava" and info.default_dialect == "llava"
+
+
+@pytest.mark.parametrize("box_tokens, override", [(True, "llava"), (False, "chatspot"), (True, "qwen_vl")])
+def test_dialect_default_config_json_overrides_both(tiny_model_dir, tmp_path, box_tokens, override) -> None:
+    folder = (_copy(tiny_model_dir, tmp_path / "ckpt") if box_tokens
+              else _without_box_tokens(tiny_model_dir, tmp_path / "ckpt"))
+    _edit_json(folder / "config.json", chatspot_dialect=override)
+    info = inspect_checkpoint(RuntimeConfig(model_path=str(folder)))
+    assert info.default_dialect == override and info.dialect_source == "chatspot_dialect in config.json"
+
+
+def test_box_tokens_are_read_from_every_tokenizer_file(tmp_path) -> None:
+    from chatspot_ros.runtime.loading import tokenizer_tokens
+
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+        {"added_tokens_decoder": {"32000": {"content": "<box>", "special": True}}}))
+    (tmp_path / "special_tokens_map.json").write_text(json.dumps(
+        {"additional_special_tokens": [{"content": "</box>"}, "<ref>"]}))
+    (tmp_path / "added_tokens.json").write_text(json.dumps({"<image>": 32002}))
+    assert tokenizer_tokens(tmp_path) == {"<box>", "</box>", "<ref>", "<image>"}

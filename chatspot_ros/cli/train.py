@@ -1,0 +1,286 @@
+"""chatspot-train: build precise-referring training data and train ChatSpot models (no ROS).
+
+  chatspot-train data build --world DIR --out train.jsonl          # or --coco/--ocr/--qa/--captions
+  chatspot-train data show --data train.jsonl --preset tabletop -n 3
+  chatspot-train run --preset tabletop --world-seed 1 --world-frames 20000 --steps 3000 --out runs/t1
+  chatspot-train run --base llava-1.5-7b-hf --stage projector_llm --lora-r 16 --data train.jsonl --out runs/l1
+
+docs/training.md describes the recipe, the data format and the shipped tabletop model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from chatspot_ros.training.recipe import STAGES, TrainConfig
+
+
+def _add_data_sources(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--coco", action="append", default=[], help="COCO instances JSON (boxes, categories, polygons)")
+    p.add_argument("--images", help="image folder of --coco/--ocr (default: next to the JSON, or its images/)")
+    p.add_argument("--ocr", action="append", default=[], help="COCO-Text v2 style JSON (utf8_string, bbox)")
+    p.add_argument("--qa", action="append", default=[], help="region QA JSONL {image, question, answers, box|point}")
+    p.add_argument("--refs", action="append", default=[], help="referring expressions JSONL {image, expression, bbox}")
+    p.add_argument("--tasks", action="append", default=[], help="tasks JSONL {image, task, bbox, plan}")
+    p.add_argument("--captions", action="append", default=[], help="image captions JSONL {image, caption}")
+    p.add_argument("--world", action="append", default=[], help="a world split folder (chatspot-world render)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chatspot-train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    data = sub.add_parser("data", help="build or show a training dataset").add_subparsers(dest="data_command",
+                                                                                        required=True)
+    build = data.add_parser("build", help="write a JSONL dataset from annotation files")
+    _add_data_sources(build)
+    build.add_argument("--out", required=True, help="the JSONL file to write")
+    build.add_argument("--conversations-per-image", type=int, default=4)
+    build.add_argument("--max-turns", type=int, default=3)
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--render-for", help="also write LLaVA 'conversations' rendered for this checkpoint folder")
+    show = data.add_parser("show", help="print rendered samples as the model will see them")
+    show.add_argument("--data", required=True)
+    show.add_argument("-n", type=int, default=3)
+    show.add_argument("--preset", default="tabletop", help="render for a fresh preset's geometry and tokenizer")
+    show.add_argument("--base", help="render for this checkpoint folder instead")
+    show.add_argument("--seed", type=int, default=0)
+
+    export = sub.add_parser("export", help="write a run's latest checkpoint (state/state.pt) as a model folder")
+    export.add_argument("--run", required=True, help="the --out folder of a run")
+    start_e = export.add_mutually_exclusive_group(required=True)
+    start_e.add_argument("--preset", help="the preset the run started from")
+    start_e.add_argument("--base", help="the checkpoint folder the run started from")
+    export.add_argument("--model-seed", type=int, default=0)
+    export.add_argument("--out", required=True)
+    export.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+
+    run = sub.add_parser("run", help="train")
+    start = run.add_mutually_exclusive_group(required=True)
+    start.add_argument("--preset", help="train a fresh tabletop model of this preset (tabletop, smoke)")
+    start.add_argument("--base", help="fine-tune this llava-hf checkpoint folder (stages 1 and 2)")
+    run.add_argument("--data", action="append", default=[], help="JSONL dataset(s) from 'data build'")
+    run.add_argument("--world-seed", type=int, help="draw samples from this world split on the fly")
+    run.add_argument("--world-frames", type=int, default=20000)
+    run.add_argument("--out", required=True, help="run folder: metrics.csv, loss.png, state/, model/")
+    run.add_argument("--stage", choices=STAGES, default=None, help="default: scratch for --preset, projector_llm for --base")
+    d = TrainConfig()
+    for name in ("steps", "batch_size", "grad_accum", "warmup_steps", "max_length", "seed", "threads",
+                 "log_every", "save_every", "lora_r", "lora_alpha"):
+        run.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
+    for name in ("lr", "min_lr_ratio", "weight_decay", "clip_grad", "lora_dropout"):
+        run.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    run.add_argument("--max-turns", type=int, default=3, help="turns per drawn world conversation")
+    run.add_argument("--vision-pretrain-steps", type=int, default=0,
+                     help="stage 0 for a fresh preset: patch colour/shape targets from the world (vision_pretrain.py)")
+    run.add_argument("--vision-pretrain-frames", type=int, default=2000)
+    run.add_argument("--freeze-path", action="store_true",
+                     help="fresh preset: keep the wired referring path fixed after stage 0 (tabletop_model.py)")
+    run.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU)")
+    run.add_argument("--gradient-checkpointing", action="store_true")
+    run.add_argument("--device", default="cpu")
+    run.add_argument("--dry-run", action="store_true", help="encode 1,000 samples, print token counts and rejections, stop")
+    run.add_argument("--resume", action="store_true", help="continue from --out/state/state.pt")
+    run.add_argument("--model-seed", type=int, default=0, help="initialization seed of a fresh preset")
+    run.add_argument("--eval-world-seed", type=int, help="after training, evaluate on this world split")
+    run.add_argument("--eval-frames", type=int, default=200)
+    run.add_argument("--export", help="also copy the final model folder here")
+    run.add_argument("--export-dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    return parser
+
+
+def _data_build(args: argparse.Namespace) -> int:
+    from chatspot_ros.training import builders
+
+    samples = builders.build_samples(
+        coco=args.coco, images=args.images, ocr=args.ocr, qa=args.qa, refs=args.refs, tasks=args.tasks,
+        captions=args.captions, world=args.world, conversations_per_image=args.conversations_per_image,
+        max_turns=args.max_turns, seed=args.seed,
+    )
+    setup = None
+    if args.render_for:
+        from chatspot_ros.training.model_setup import from_checkpoint
+
+        setup = from_checkpoint(args.render_for)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", encoding="utf-8") as f:
+        for sample in samples:
+            record = sample.to_json(setup.builder if setup else None, setup.conversation if setup else None)
+            f.write(json.dumps(record) + "\n")
+    counts: dict[str, int] = {}
+    for s in samples:
+        for t in s.turns:
+            counts[t.template] = counts.get(t.template, 0) + 1
+    print(f"wrote {len(samples)} samples to {out}; turns by template: {json.dumps(counts, sort_keys=True)}")
+    return 0
+
+
+def _setup_for(preset: str | None, base: str | None, seed: int = 0):  # noqa: ANN202
+    from chatspot_ros.training.model_setup import from_checkpoint, from_preset
+
+    return from_checkpoint(base) if base else from_preset(preset or "tabletop", seed=seed)
+
+
+def _data_show(args: argparse.Namespace) -> int:
+    from chatspot_ros.training.conversations import render_prompt_and_answers
+    from chatspot_ros.training.dataset import ConversationEncoder, read_jsonl
+    from chatspot_ros.training.tokenization import Encoded
+
+    setup = _setup_for(args.preset, args.base)
+    encoder = ConversationEncoder(setup.tokenizer, setup.builder, setup.conversation, setup.num_image_tokens, 4096)
+    samples = read_jsonl(args.data)
+    for sample in samples[: args.n]:
+        print(f"=== {sample.id}  {sample.image}  ({sample.source})")
+        for context, answer in render_prompt_and_answers(setup.builder, setup.conversation, sample):
+            print(f"{context}\033[1m{answer}{setup.conversation.end_of_turn}\033[0m")
+        result = encoder(sample)
+        if isinstance(result, Encoded):
+            print(f"--- {len(result.input_ids)} tokens ({setup.num_image_tokens} image), "
+                  f"{result.supervised} supervised")
+        else:
+            print(f"--- REJECTED {result.reason}: {result.detail}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+
+    from chatspot_ros.training import card
+    from chatspot_ros.training.dataset import ConversationEncoder, read_jsonl
+    from chatspot_ros.training.export import save_llava_hf
+    from chatspot_ros.training.recipe import apply_lora, apply_stage
+    from chatspot_ros.training.sources import SampleMix
+    from chatspot_ros.training.trainer import ListSource, Trainer, plot_loss_curve
+    from chatspot_ros.training.world_source import WorldSource
+
+    stage = args.stage or ("scratch" if args.preset else "projector_llm")
+    config = TrainConfig(
+        stage=stage, steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+        min_lr_ratio=args.min_lr_ratio, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
+        clip_grad=args.clip_grad, max_length=args.max_length, seed=args.seed, threads=args.threads,
+        bf16=args.bf16, gradient_checkpointing=args.gradient_checkpointing, lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, log_every=args.log_every,
+        save_every=args.save_every, device=args.device,
+    )
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    if not args.data and args.world_seed is None:
+        print("chatspot-train run: give --data FILE.jsonl and/or --world-seed S", file=sys.stderr)
+        return 2
+    sources = [ListSource(read_jsonl(p), name=Path(p).name) for p in args.data]
+    if args.world_seed is not None:
+        sources.append(WorldSource(args.world_seed, args.world_frames, mix=SampleMix(max_turns=args.max_turns)))
+    source = sources[0] if len(sources) == 1 else card.MixedSource(sources)
+    setup = _setup_for(args.preset, args.base, args.model_seed)
+    trainable = apply_stage(setup.model, stage)
+    resuming = args.resume and (Path(args.out) / "state" / "state.pt").exists()
+    if args.vision_pretrain_steps and not resuming and not args.dry_run:
+        if not args.preset or args.world_seed is None:
+            print("--vision-pretrain-steps needs --preset and --world-seed", file=sys.stderr)
+            return 2
+        from chatspot_ros.training import tabletop_model as tm
+        from chatspot_ros.training.vision_pretrain import pretrain_vision
+
+        torch.manual_seed(config.seed)
+        pretrain_vision(setup.model, setup.preprocess, seed=args.world_seed, frames=args.vision_pretrain_frames,
+                        steps=args.vision_pretrain_steps, protect_dims=2 * tm.PRESETS[args.preset].position_dims)
+    if args.freeze_path:
+        if not args.preset:
+            print("--freeze-path applies to a fresh --preset", file=sys.stderr)
+            return 2
+        from chatspot_ros.training.tabletop_model import freeze_referring_path
+
+        frozen = set(freeze_referring_path(setup.model))
+        trainable = [n for n, p in setup.model.named_parameters() if p.requires_grad]
+        print(f"--freeze-path: {len(frozen)} tensors of the referring path frozen")
+    model = setup.model
+    if config.lora_r:
+        model = apply_lora(model, config)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.to(config.device)
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_all = sum(p.numel() for p in model.parameters())
+    print(f"model {setup.origin}: {n_all / 1e6:.2f} M parameters, {n_train / 1e6:.2f} M trainable (stage {stage}, "
+          f"{len(trainable)} tensors); {setup.num_image_tokens} image tokens; dialect {setup.builder.dialect.name}; "
+          f"conversation {setup.conversation.name}")
+    if setup.added_tokens:
+        print(f"added special tokens {list(setup.added_tokens)} (embeddings resized)")
+    encoder = ConversationEncoder(setup.tokenizer, setup.builder, setup.conversation, setup.num_image_tokens,
+                                  config.max_length)
+    trainer = Trainer(model, encoder, setup.preprocess, source, config, args.out, setup.tokenizer.pad_token_id)
+    if args.dry_run:
+        return card.dry_run(trainer, n=1000)
+    out = Path(args.out)
+    if args.resume:
+        if not trainer.load_state():
+            print(f"--resume: no state in {out / 'state'}; starting fresh")
+    elif (out / "state" / "state.pt").exists():
+        print(f"{out} holds a run already; pass --resume to continue it or choose another --out", file=sys.stderr)
+        return 2
+    started = time.time()
+    trainer.run()
+    wall = time.time() - started
+    final = model.merge_and_unload() if config.lora_r else model
+    final.eval()
+    model_dir = save_llava_hf(final, setup.tokenizer, setup.image_processor, out / "model",
+                              dtype=args.export_dtype)
+    if (out / "metrics.csv").exists():
+        plot_loss_curve(out / "metrics.csv", out / "loss.png", title=f"chatspot-train {setup.origin}")
+    card.write_model_card(model_dir, args=sys.argv[1:], config=config, setup=setup, trainer=trainer,
+                          wall_s=wall, source=source, eval_world_seed=args.eval_world_seed,
+                          eval_frames=args.eval_frames)
+    if args.export:
+        import shutil
+
+        shutil.copytree(model_dir, args.export, dirs_exist_ok=True)
+        print(f"exported to {args.export}")
+    print(f"done: {trainer.step} steps in {wall / 60:.1f} min; model in {model_dir}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    import torch
+
+    from chatspot_ros.training.export import save_llava_hf
+
+    state_path = Path(args.run) / "state" / "state.pt"
+    if not state_path.is_file():
+        print(f"{state_path} does not exist: is --run the --out folder of a chatspot-train run?", file=sys.stderr)
+        return 2
+    state = torch.load(state_path, map_location="cpu", weights_only=False)
+    if state["config"].get("lora_r"):
+        print("export of LoRA runs: let the run finish (it merges the adapters) ", file=sys.stderr)
+        return 2
+    setup = _setup_for(args.preset, args.base, args.model_seed)
+    named = dict(setup.model.named_parameters())
+    unknown = [n for n in state["trainable"] if n not in named]
+    if unknown:
+        print(f"{state_path} does not belong to this model: unknown parameters {unknown[:3]}", file=sys.stderr)
+        return 2
+    with torch.no_grad():
+        for name, tensor in state["trainable"].items():
+            named[name].copy_(tensor)
+    out = save_llava_hf(setup.model.eval(), setup.tokenizer, setup.image_processor, args.out, dtype=args.dtype)
+    print(f"exported step {state['step']} of {args.run} to {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    if args.command == "data":
+        return _data_build(args) if args.data_command == "build" else _data_show(args)
+    if args.command == "export":
+        return _export(args)
+    return _run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Stage 0 of the from-scratch recipe: teach the vision tower what lies in each patch.
+
+A vision tower trained from random weights only through the LLM gets almost no gradient at the
+start (the path image -> answer runs through random attention), and a small model then learns
+nothing about the image for hundreds of steps. A dense objective fixes that cheaply: from each
+patch's final hidden state, a temporary linear head predicts the colour and the shape of what
+covers the patch (soft targets from the world's exact object masks; "table" where nothing is).
+The head is thrown away; the tower keeps features the LLM can read linearly from step one.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from chatspot_ros.world.scene import COLOURS, SHAPES, Scene, object_masks, render, sample_scene
+
+LOGGER = logging.getLogger("chatspot_ros.training")
+N_COLOURS = len(COLOURS) + 1  # + table
+N_SHAPES = len(SHAPES) + 1
+
+
+def patch_targets(scene: Scene, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """(colour (G*G, 7), shape (G*G, 4)) soft targets: the share of each patch every object covers.
+
+    Patches tile the frame as the model's stretched input does (G x G equal cells of the frame).
+    """
+    height, width = scene.size[1], scene.size[0]
+    colour = np.zeros((grid * grid, N_COLOURS), np.float32)
+    shape = np.zeros((grid * grid, N_SHAPES), np.float32)
+    ys = np.linspace(0, height, grid + 1).round().astype(int)
+    xs = np.linspace(0, width, grid + 1).round().astype(int)
+    covered = np.zeros(grid * grid, np.float32)
+    colour_index = {c: i for i, c in enumerate(COLOURS)}
+    shape_index = {s: i for i, s in enumerate(SHAPES)}
+    for obj, mask in zip(scene.objects, object_masks(scene)):
+        cells = np.add.reduceat(np.add.reduceat(mask.astype(np.float32), ys[:-1], axis=0), xs[:-1], axis=1)
+        area = np.outer(np.diff(ys), np.diff(xs))
+        share = (cells / area).reshape(-1)
+        colour[:, colour_index[obj.colour]] += share
+        shape[:, shape_index[obj.shape]] += share
+        covered += share
+    colour[:, -1] = np.clip(1.0 - covered, 0.0, 1.0)
+    shape[:, -1] = colour[:, -1]
+    return colour, shape
+
+
+def pretrain_vision(model: Any, preprocess: Callable[[Sequence[np.ndarray]], Any], *, seed: int, frames: int,
+                    steps: int, batch_size: int = 32, lr: float = 2e-3, protect_dims: int = 0,
+                    progress: bool = True) -> list[float]:
+    """Train ``model``'s vision tower on patch targets of world split ``seed``; returns the losses.
+
+    ``protect_dims``: the first dims of the tower's residual stream that hold the wired position
+    code (tabletop_model.wire_referring_path); the layers are kept from writing there in this stage.
+    """
+    import torch
+    from tqdm import tqdm
+
+    tower = model.model.vision_tower
+    config = tower.config
+    grid = config.image_size // config.patch_size
+    scenes = [sample_scene(seed, i) for i in range(frames)]
+    pixels = torch.cat([preprocess([render(s) for s in scenes[i:i + 64]]) for i in range(0, frames, 64)])
+    targets = [patch_targets(s, grid) for s in scenes]
+    colour_t = torch.tensor(np.stack([t[0] for t in targets]))  # (F, N, 7)
+    shape_t = torch.tensor(np.stack([t[1] for t in targets]))  # (F, N, 4)
+    head = torch.nn.Linear(config.hidden_size, N_COLOURS + N_SHAPES)
+    params = list(tower.parameters()) + list(head.parameters())
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    hooks = []
+    if protect_dims:
+        for layer in tower.encoder.layers:
+            for linear in (layer.self_attn.out_proj, layer.mlp.fc2):
+                for p in (linear.weight, linear.bias):
+                    hooks.append(p.register_hook(lambda g: torch.cat([torch.zeros_like(g[:protect_dims]),
+                                                                      g[protect_dims:]])))
+        hooks.append(tower.embeddings.patch_embedding.weight.register_hook(
+            lambda g: torch.cat([torch.zeros_like(g[:protect_dims]), g[protect_dims:]])))
+    rng = np.random.default_rng(seed)
+    losses = []
+    tower.train()
+    bar = tqdm(range(steps), desc="stage 0: vision", unit="step", disable=not progress, dynamic_ncols=True)
+    try:
+        for step in bar:
+            idx = torch.as_tensor(rng.integers(frames, size=batch_size))
+            hidden = tower(pixels[idx], output_hidden_states=True).hidden_states[-1][:, 1:]  # (B, N, C)
+            logits = head(hidden)
+            loss = -(colour_t[idx] * torch.log_softmax(logits[..., :N_COLOURS], -1)).sum(-1).mean() \
+                   - (shape_t[idx] * torch.log_softmax(logits[..., N_COLOURS:], -1)).sum(-1).mean()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * min(1.0, (step + 1) / 20)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss))
+            bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
+    finally:
+        bar.close()
+        for h in hooks:
+            h.remove()
+    LOGGER.info("stage 0 (vision): %d steps, loss %.3f -> %.3f", steps, np.mean(losses[:10]), np.mean(losses[-10:]))
+    return losses
