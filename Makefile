@@ -12,11 +12,8 @@ setup:
 demo: setup
 	@bash scripts/run_in_env.sh python scripts/demo.py $(if $(MODEL),--model "$(MODEL)")
 
-# The node's DDS tests run in a pytest process of their own: in one process after the other
-# tests, some agents hung at shutdown inside the middleware's wait (2026-12-01, not yet understood).
 test: setup
-	@bash scripts/run_in_env.sh python -m pytest --ignore=test/ros $(PYTEST_ARGS)
-	@bash scripts/run_in_env.sh python -m pytest test/ros $(PYTEST_ARGS)
+	@bash scripts/run_in_env.sh python -m pytest $(PYTEST_ARGS)
 
 bench: setup
 	@bash scripts/run_in_env.sh chatspot-bench --preset small

@@ -47,6 +47,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # Handle SIGINT/SIGTERM ourselves (KeyboardInterrupt) so that the context is still valid
     # when the node shuts down through its lifecycle and frees the model.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    # A process started in the background by a non-interactive shell inherits SIGINT ignored, and
+    # Python then keeps it ignored: install the handler explicitly so SIGINT always stops the node.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if SignalHandlerOptions is not None:
         rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     else:  # pragma: no cover
