@@ -129,9 +129,14 @@ def _trained_tokenizer_json(vocab_size: int, seed: int) -> str:
 def build_tokenizer(vocab_size: int, seed: int = 0) -> Any:  # PreTrainedTokenizerFast
     """A byte-level BPE (digits split one by one, like LLaMA) wrapped as a transformers fast tokenizer."""
     from tokenizers import Tokenizer
+
+    return wrap_fast_tokenizer(Tokenizer.from_str(_trained_tokenizer_json(vocab_size, seed)))
+
+
+def wrap_fast_tokenizer(tok: Any) -> Any:  # tokenizers.Tokenizer -> PreTrainedTokenizerFast
+    """The project's special tokens, left padding and no space clean-up, around a trained tokenizer."""
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer.from_str(_trained_tokenizer_json(vocab_size, seed))
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<s>",

@@ -34,10 +34,7 @@ VOTES = slice(98, 130)
 REGION = slice(130, 162)
 CONTENT = 98
 COORD_TOKENS: tuple[str, ...] = tuple(f"{v / 100:.2f}" for v in range(101))  # "0.00" ... "1.00"
-SPECIAL_TOKENS: tuple[str, ...] = ("<unk>", "<s>", "</s>", "<pad>", "<image>", "<box>", "</box>")
-IMAGE_TOKEN = "<image>"
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from chatspot_ros.testing.tiny_model import CLIP_MEAN, CLIP_STD, IMAGE_TOKEN, SPECIAL_TOKENS  # noqa: E402
 # Pieces the byte-level BPE sees: a coarse coordinate, a single digit, a word with its leading
 # space, one punctuation mark with its leading space, runs of whitespace.
 PRETOKEN_PATTERN = r"\d\.\d\d|\d| ?[A-Za-z]+|'[a-z]+| ?[^\sA-Za-z\d]|\s+"
@@ -103,7 +100,8 @@ def tokenizer_corpus(extra: Iterable[str] = ()) -> list[str]:
 def build_tokenizer(vocab_size: int = 1400, extra_corpus: Iterable[str] = ()) -> Any:  # PreTrainedTokenizerFast
     """Byte-level BPE over the pre-token pattern above; every COORD_TOKENS entry is one token."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+
+    from chatspot_ros.testing.tiny_model import wrap_fast_tokenizer
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence([
@@ -121,18 +119,7 @@ def build_tokenizer(vocab_size: int = 1400, extra_corpus: Iterable[str] = ()) ->
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
     )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        extra_special_tokens={"image_token": IMAGE_TOKEN},
-        additional_special_tokens=[IMAGE_TOKEN, "<box>", "</box>"],
-        padding_side="left",
-        model_max_length=4096,
-        clean_up_tokenization_spaces=False,
-    )
+    tokenizer = wrap_fast_tokenizer(tok)
     missing = [c for c in COORD_TOKENS if len(tokenizer(c, add_special_tokens=False)["input_ids"]) != 1]
     if missing:
         raise RuntimeError(f"tokenizer vocabulary too small: coordinates {missing[:5]} are not single tokens")
