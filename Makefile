@@ -1,5 +1,5 @@
 # The two README commands: `make demo` and `make test`. Both set up what is missing first.
-# MODEL=/path/to/checkpoint runs the demo with a real checkpoint instead of the tiny one.
+# MODEL=/path/to/checkpoint runs the demo with that checkpoint instead of the shipped tabletop model.
 # PYTEST_ARGS="-k referring" passes arguments to pytest.
 MODEL ?=
 PYTEST_ARGS ?=

@@ -20,7 +20,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["chatspot_ros", "chatspot_ros.*"]),
-    package_data={"chatspot_ros": ["py.typed"]},
+    package_data={"chatspot_ros": ["py.typed", "models/*/*"]},  # models/: the shipped tabletop model
     install_requires=[
         "numpy",
         "pyyaml",

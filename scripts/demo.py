@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """End-to-end demo of the chatspot_agent node on the tabletop world (``make demo``).
 
-1. the model: ``--model DIR`` (a local checkpoint, e.g. one trained on the tabletop world with
-   ``chatspot-train``, docs/training.md), else a tiny LLaVA with RANDOM weights built once into
-   ``--cache-dir``: its answers are meaningless text, and the demo then shows the plumbing
-   (topics, services, the action, headers, latencies), not what a trained model would say;
+1. the model: by default the shipped tabletop model (chatspot_ros/models/tabletop, trained by
+   ``chatspot-train`` on the world, docs/training.md), which the node loads when ``model.path``
+   is empty; ``--model DIR`` for another checkpoint; ``--random`` for a tiny LLaVA with RANDOM
+   weights (built once into ``--cache-dir``), whose answers are meaningless text: the plumbing only;
 2. the node: ``python -m chatspot_ros.agent --ros-args --params-file config/agent.yaml
    -p model.path:=...`` as a subprocess;
 3. a camera and a detector: frames of the tabletop world (docs/world.md, an evaluation seed the
@@ -146,9 +146,9 @@ class ScenePlayer:
 
 
 RANDOM_WEIGHTS_NOTE = (
-    "[demo] NOTE: no --model given, so the node runs a tiny LLaVA with RANDOM weights. Its answers\n"
+    "[demo] NOTE: --random: the node runs a tiny LLaVA with RANDOM weights. Its answers\n"
     "[demo]       are meaningless text by design: this demo checks the plumbing (topics, services,\n"
-    "[demo]       the action, headers, latencies), not answer quality. Pass --model DIR for real answers."
+    "[demo]       the action, headers, latencies), not answer quality. Drop --random for real answers."
 )
 
 
@@ -196,14 +196,17 @@ def run_planner(env: dict[str, str], timeout: float, scene) -> int:  # noqa: ANN
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", type=Path, help="local checkpoint folder (default: the tiny random model)")
+    parser.add_argument("--model", type=Path, help="local checkpoint folder (default: the shipped tabletop model)")
+    parser.add_argument("--random", action="store_true", help="a tiny random-weight model instead (plumbing only)")
     parser.add_argument("--cache-dir", type=Path, default=REPO / "build" / "demo" / "tiny_llava")
     parser.add_argument("--seconds", type=float, default=6.0, help="how long the scene plays before the planner")
     parser.add_argument("--fps", type=float, default=10.0)
     parser.add_argument("--timeout", type=float, default=180.0)
     args = parser.parse_args(argv)
 
-    model = args.model.resolve() if args.model else tiny_model(args.cache_dir)
+    from chatspot_ros.models import shipped_model
+
+    model = args.model.resolve() if args.model else tiny_model(args.cache_dir) if args.random else shipped_model()
     if not (model / "config.json").exists():
         print(f"[demo] {model} is not a checkpoint folder (no config.json)", file=sys.stderr)
         return 2
@@ -243,7 +246,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if agent_status != 0:
         print(f"[demo] the node exited with status {agent_status}", file=sys.stderr)
         ok = False
-    if args.model is None:
+    if args.random:
         print("[demo] (the answers above come from random weights: meaningless text, as expected)")
     print(f"[demo] {'OK' if ok else 'FAILED'}")
     return 0 if ok else 1

@@ -75,11 +75,14 @@ def _parser() -> argparse.ArgumentParser:
     for name in ("lr", "min_lr_ratio", "weight_decay", "clip_grad", "lora_dropout"):
         run.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
     run.add_argument("--max-turns", type=int, default=3, help="turns per drawn world conversation")
+    run.add_argument("--mix", default="", metavar="KIND=W,...",
+                     help="world turn weights, e.g. classify=4,locate=1 (training/sources.py SampleMix)")
     run.add_argument("--vision-pretrain-steps", type=int, default=0,
                      help="stage 0 for a fresh preset: patch colour/shape targets from the world (vision_pretrain.py)")
     run.add_argument("--vision-pretrain-frames", type=int, default=2000)
     run.add_argument("--freeze-path", action="store_true",
-                     help="fresh preset: keep the wired referring path fixed after stage 0 (tabletop_model.py)")
+                     help="keep the wired referring path fixed (a tabletop preset after stage 0, or a checkpoint "
+                          "trained from one: referring_path.py)")
     run.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU)")
     run.add_argument("--gradient-checkpointing", action="store_true")
     run.add_argument("--device", default="cpu")
@@ -175,7 +178,8 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     sources = [ListSource(read_jsonl(p), name=Path(p).name) for p in args.data]
     if args.world_seed is not None:
-        sources.append(WorldSource(args.world_seed, args.world_frames, mix=SampleMix(max_turns=args.max_turns)))
+        mix = SampleMix(max_turns=args.max_turns).with_weights(args.mix)
+        sources.append(WorldSource(args.world_seed, args.world_frames, mix=mix))
     source = sources[0] if len(sources) == 1 else card.MixedSource(sources)
     setup = _setup_for(args.preset, args.base, args.model_seed)
     trainable = apply_stage(setup.model, stage)
@@ -184,19 +188,30 @@ def _run(args: argparse.Namespace) -> int:
         if not args.preset or args.world_seed is None:
             print("--vision-pretrain-steps needs --preset and --world-seed", file=sys.stderr)
             return 2
+        from chatspot_ros.training import referring_path as rp
         from chatspot_ros.training import tabletop_model as tm
-        from chatspot_ros.training.vision_pretrain import pretrain_vision
+        from chatspot_ros.training.vision_pretrain import pretrain_vision, region_readout_accuracy
 
         torch.manual_seed(config.seed)
-        pretrain_vision(setup.model, setup.preprocess, seed=args.world_seed, frames=args.vision_pretrain_frames,
-                        steps=args.vision_pretrain_steps, protect_dims=2 * tm.PRESETS[args.preset].position_dims)
+        layout = rp.layout_for(setup.model.config)
+        _, head = pretrain_vision(setup.model, setup.preprocess, seed=args.world_seed,
+                                  frames=args.vision_pretrain_frames, steps=args.vision_pretrain_steps, layout=layout)
+        readout = region_readout_accuracy(setup.model, head, setup.preprocess, seed=args.world_seed,
+                                          frames=min(200, args.vision_pretrain_frames))
+        print("stage 0: category from the patch head averaged over the region (training frames): "
+              + ", ".join(f"{k} {v:.1%}" for k, v in readout.items()))
+        rp.wire_projector(setup.model, layout, head, seed=args.model_seed)
+        tm.calibrate_path(setup)
     if args.freeze_path:
-        if not args.preset:
-            print("--freeze-path applies to a fresh --preset", file=sys.stderr)
-            return 2
-        from chatspot_ros.training.tabletop_model import freeze_referring_path
+        from chatspot_ros.training.referring_path import check_shapes, freeze, layout_for
 
-        frozen = set(freeze_referring_path(setup.model))
+        try:
+            check_shapes(setup.model.config, layout_for(setup.model.config))
+        except ValueError as exc:
+            print(f"--freeze-path: {setup.origin} has no wired referring path ({exc})", file=sys.stderr)
+            return 2
+
+        frozen = set(freeze(setup.model))
         trainable = [n for n, p in setup.model.named_parameters() if p.requires_grad]
         print(f"--freeze-path: {len(frozen)} tensors of the referring path frozen")
     model = setup.model

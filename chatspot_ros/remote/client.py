@@ -245,8 +245,10 @@ class VllmClient:
             stream_options={"include_usage": True},
             logprobs=True,
             top_logprobs=config.top_logprobs,
-            # vLLM: report each token as "token_id:<id>"; eos and special tokens out of the text.
-            extra_body={"return_tokens_as_token_ids": True, "skip_special_tokens": True},
+            # vLLM: report each token as "token_id:<id>"; special tokens stay in the text, as the
+            # local runtime keeps them: <box>/</box> mark regions in answers (eos is not emitted).
+            extra_body={"return_tokens_as_token_ids": True, "skip_special_tokens": False,
+                        "spaces_between_special_tokens": False},
         )
         if gen.stop:
             args["stop"] = list(gen.stop)

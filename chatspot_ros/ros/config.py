@@ -49,7 +49,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     P("autostart", True, "Configure and activate at start-up (else wait for lifecycle transitions).",
       when="startup"),
     # model.*: read at configure.
-    P("model.path", "", "Local checkpoint folder (llava-hf layout). Required.", when="configure"),
+    P("model.path", "", "Local checkpoint folder (llava-hf layout). Empty: the shipped tabletop demo model (logged loudly; it knows only the synthetic tabletop world).", when="configure"),
     P("model.dtype", "float32", "Weights dtype.", when="configure", choices=DTYPES),
     P("model.device", "cpu", "Torch device: cpu, cuda or cuda:N.", when="configure"),
     P("model.trust_remote_code", False, "Allow code shipped with the checkpoint to run.",

@@ -15,6 +15,7 @@ event ends in exactly one counted outcome (see :mod:`chatspot_ros.ros.stats`).
 from __future__ import annotations
 
 
+import dataclasses
 import gc
 import threading
 import time
@@ -37,6 +38,7 @@ from visualization_msgs.msg import MarkerArray
 from chatspot_ros.action import Describe
 from chatspot_ros.frames import Arrival, FrameMatcher, MatchPolicy, MatchResult, format_ns
 from chatspot_ros.imaging import ImageDecodeError
+from chatspot_ros.models import shipped_model
 from chatspot_ros.msg import ActionSuggestion, RegionDescriptionArray
 from chatspot_ros.planning import InstructionPlanner, Plan, Role
 from chatspot_ros.requests import Outcome, PendingRequest, RequestKind, RequestTracker
@@ -234,7 +236,14 @@ class ChatSpotAgentNode(LifecycleNode):
         try:
             config = AgentConfig.from_parameters(self._parameter_values())
             if not config.model_path.strip():
-                raise ValueError("model.path is empty: set it to a local checkpoint folder")
+                if config.model_backend != "local":
+                    raise ValueError("model.path is empty: with model.backend vllm set it to a local copy of "
+                                     "the served checkpoint's config files")
+                config = dataclasses.replace(config, model_path=str(shipped_model()))
+                self.get_logger().warning(
+                    f"model.path is empty: loading the shipped DEMO model {config.model_path}. It knows only "
+                    "the synthetic tabletop world (coloured cubes, balls and triangles); set model.path to a "
+                    "real checkpoint for your robot's scenes")
         except ValueError as exc:
             return self._configure_failed(f"invalid parameters: {exc}")
         start = time.perf_counter()

@@ -1,6 +1,8 @@
 """ChatSpotRuntime: encode each frame once, answer every region prompt of it in one batch."""
 from __future__ import annotations
 
+import functools
+
 import contextlib
 import dataclasses
 import gc
@@ -198,7 +200,17 @@ class ChatSpotRuntime:
         return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
 
     def decode_text(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+        """Answer text without control tokens, but with ``<box>``/``</box>``: a region in an answer
+        (REC, grounded captions) is only parsable with its markers."""
+        drop = self._control_token_ids
+        return self.tokenizer.decode([i for i in ids if i not in drop], skip_special_tokens=False)
+
+    @functools.cached_property
+    def _control_token_ids(self) -> frozenset[int]:
+        from chatspot_ros.runtime.loading import BOX_TOKENS
+
+        keep = {self.tokenizer.convert_tokens_to_ids(t) for t in BOX_TOKENS if t in self.tokenizer.get_vocab()}
+        return frozenset(set(self.tokenizer.all_special_ids) - keep)
 
     def _prefix_kv(self, features: FrameFeatures, prefix: tuple[int, ...]) -> tuple[PrefixKV, float]:
         cached = features.prefix_kv.get(prefix)

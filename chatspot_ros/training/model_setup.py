@@ -50,8 +50,10 @@ def from_preset(preset: str, seed: int = 0, templates: Any = None) -> ModelSetup
     geometry = ImageGeometry.from_checkpoint_configs(processor.to_dict(), model.config.to_dict())
     builder = InstructionBuilder(get_dialect(model.config.chatspot_dialect), geometry, templates)
     conversation = get_conversation(model.config.chatspot_conversation)
-    return ModelSetup(model, tokenizer, processor, builder, conversation, ImagePreprocessor(processor, False),
-                      _num_image_tokens(model.config), f"preset:{preset}")
+    setup = ModelSetup(model, tokenizer, processor, builder, conversation, ImagePreprocessor(processor, False),
+                       _num_image_tokens(model.config), f"preset:{preset}")
+    tm.calibrate_path(setup)
+    return setup
 
 
 def from_checkpoint(path: str | Path, *, dialect: str | None = None, templates: Any = None,

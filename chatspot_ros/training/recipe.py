@@ -11,9 +11,10 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from chatspot_ros.runtime.loading import BOX_TOKENS
+
 LOGGER = logging.getLogger("chatspot_ros.training")
 STAGES: tuple[str, ...] = ("projector", "projector_llm", "scratch")
-BOX_TOKENS: tuple[str, ...] = ("<box>", "</box>")
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,19 @@ class SampleMix:
     styles: tuple[float, float, float] = (0.6, 0.3, 0.1)  # none, short, detail
     max_turns: int = 3
 
+    def with_weights(self, spec: str) -> SampleMix:
+        """A copy with turn weights from ``"classify=4,locate=1"`` (``chatspot-train run --mix``)."""
+        from dataclasses import replace
+
+        kinds = ("classify", "describe", "attribute", "locate", "task", "read_text", "image_level")
+        changes: dict[str, float] = {}
+        for item in filter(None, (part.strip() for part in spec.split(","))):
+            name, _, value = item.partition("=")
+            if name not in kinds or not value:
+                raise ValueError(f"--mix {item!r}: expected KIND=WEIGHT with KIND one of {', '.join(kinds)}")
+            changes[name] = float(value)
+        return replace(self, **changes)
+
 
 def region_of(obj: ObjectRecord, kind: str, rng: np.random.Generator) -> Region:
     """The object's region as a box, a click inside it, or its polygon."""

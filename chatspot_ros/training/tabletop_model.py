@@ -7,32 +7,16 @@ precise referring learnable for a model this small on two CPU cores:
 * **Coordinate tokens.** The tokenizer keeps every two-decimal coordinate ("0.00" ... "1.00") as
   one token and the third decimal as a digit token, so ``<box>[0.103,0.200,...]</box>`` is a
   short, regular sequence whose coarse values are single symbols.
-* **A wired start for referring.** A small model trained from random weights learns colour and
-  shape words quickly but stays at chance on *which* region is meant for thousands of steps:
-  the path "coordinate text -> patches at that place" has no gradient until all of its parts
-  exist. So the initialization lays that path down (``wire_referring_path``): patch position
-  embeddings carry a sine-cosine code of the patch centre (x and y in their own dimensions),
-  the vision layers and the projector carry it unchanged into the LLM (the projector through
-  GELU(u) - GELU(-u) = u), coordinate tokens carry the same code of their value, and two
-  attention heads of the LLM's first layer compare them (a "column" head against x, a "row"
-  head against y) in the head dimensions RoPE barely rotates (rope_theta 1e6). A coordinate
-  token then gathers what lies in its column or row, and the object a region's coordinates
-  agree on stands out. Everything else starts random, and every weight is trained.
+* **A wired route for referring** (referring_path.py): the first four decoder layers are laid
+  down so that the coordinates of a region select the image tokens inside it, and the region's
+  content reaches the answer; the vision tower learns what lies in each patch (stage 0), the
+  later layers learn to name it, describe it and plan for it.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-# LLM residual dims the referring path uses, with d = position_dims = 32: [0, d) x code of image
-# tokens, [d, 2d) y code, [2d, 3d) value code of coordinate tokens, then two marker dims, the
-# votes written at coordinate tokens, the region content gathered at every other token; image
-# content and everything else live from CONTENT on.
-COORD, QUERY = 96, 97
-VOTES = slice(98, 130)
-REGION = slice(130, 162)
-CONTENT = 98
 COORD_TOKENS: tuple[str, ...] = tuple(f"{v / 100:.2f}" for v in range(101))  # "0.00" ... "1.00"
 from chatspot_ros.testing.tiny_model import CLIP_MEAN, CLIP_STD, IMAGE_TOKEN, SPECIAL_TOKENS  # noqa: E402
 # Pieces the byte-level BPE sees: a coarse coordinate, a single digit, a word with its leading
@@ -57,8 +41,7 @@ class TabletopShapes:
     text_intermediate: int
     vocab_size: int  # BPE target
     max_positions: int = 512
-    position_dims: int = 32  # width of the sine-cosine position code (per axis)
-    rope_theta: float = 1e6  # large: the head dimensions the referring path uses stay nearly unrotated
+    rope_theta: float = 1e6  # large: the slow RoPE pairs the referring path's markers use stay unrotated
 
     @property
     def num_image_tokens(self) -> int:
@@ -66,11 +49,11 @@ class TabletopShapes:
 
 
 PRESETS: dict[str, TabletopShapes] = {
-    # The shipped model: 64 image tokens of a 128 px stretched frame; head size 64 (vLLM's CPU
-    # attention supports it).
-    "tabletop": TabletopShapes(128, 16, 128, 3, 2, 512, 256, 4, 4, 4, 704, 1400),
+    # The shipped model: 64 image tokens of a 128 px stretched frame; 4 wired + 2 trained decoder
+    # layers; head size 64 (vLLM's CPU attention supports it).
+    "tabletop": TabletopShapes(128, 16, 128, 3, 2, 512, 256, 6, 4, 4, 704, 1400),
     # The test suite's recipe: same tokenizer and token layout, a fraction of the width.
-    "smoke": TabletopShapes(64, 16, 96, 2, 2, 192, 192, 2, 3, 3, 256, 1400),
+    "smoke": TabletopShapes(64, 16, 96, 2, 2, 192, 192, 5, 4, 4, 256, 1400),
 }
 
 
@@ -126,21 +109,6 @@ def build_tokenizer(vocab_size: int = 1400, extra_corpus: Iterable[str] = ()) ->
     return tokenizer
 
 
-def sincos_code(values: Any, dims: int, grid: int) -> Any:  # torch.Tensor (N, dims)
-    """Sine-cosine code of values in [0, 1]: dims/2 frequencies evenly up to pi * grid rad per unit.
-
-    The highest frequency sets the width of the match kernel code(v) . code(w): positive within
-    about half a patch of a ``grid`` x ``grid`` patch grid, negative beyond, so a coordinate
-    matches its own patch column (or row) and not the next.
-    """
-    import torch
-
-    v = torch.as_tensor(values, dtype=torch.float32).reshape(-1, 1)
-    k = torch.arange(dims // 2, dtype=torch.float32).reshape(1, -1)
-    freq = math.pi * grid * (1.0 + k) / (dims // 2)
-    return torch.cat([torch.cos(freq * v), torch.sin(freq * v)], dim=1) / math.sqrt(dims / 2)
-
-
 def llava_config(shapes: TabletopShapes, tokenizer: Any) -> Any:  # LlavaConfig
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
@@ -167,7 +135,7 @@ def llava_config(shapes: TabletopShapes, tokenizer: Any) -> Any:  # LlavaConfig
         eos_token_id=special["</s>"],
         pad_token_id=special["<pad>"],
         rms_norm_eps=1e-5,
-        tie_word_embeddings=True,
+        tie_word_embeddings=False,  # the input embeddings carry the path's markers and stay fixed
         rope_theta=shapes.rope_theta,
     )
     return LlavaConfig(
@@ -179,7 +147,7 @@ def llava_config(shapes: TabletopShapes, tokenizer: Any) -> Any:  # LlavaConfig
         vision_feature_select_strategy="default",
         vision_feature_layer=-1,
         pad_token_id=special["<pad>"],
-        tie_word_embeddings=True,
+        tie_word_embeddings=False,
         chatspot_dialect="chatspot",
         chatspot_conversation="vicuna_v1",
     )
@@ -202,190 +170,22 @@ def image_processor(shapes: TabletopShapes) -> Any:  # CLIPImageProcessorPil
     )
 
 
-def wire_referring_path(model: Any, shapes: TabletopShapes, tokenizer: Any, match_score: float = 10.0) -> None:
-    """Lay down the coordinate -> patch path described in the module docstring (in place).
-
-    Vision dims [0, 2d): x code, y code of the patch centre; LLM dims [0, d) x code, [d, 2d) y
-    code, [2d, 3d) the value code of coordinate tokens. Layer 0, head 0 matches value against x,
-    head 1 against y, with a score of about ``match_score`` where they agree.
-    """
-    import torch
-
-    d = shapes.position_dims
-    dv, dt = shapes.vision_hidden, shapes.text_hidden
-    head_dim = dt // shapes.text_heads
-    if (d != 32 or 2 * d > dv or REGION.stop > dt or head_dim < 2 * d or shapes.text_heads < 2
-            or shapes.text_layers < 2 or shapes.text_kv_heads != shapes.text_heads):
-        raise ValueError(f"shapes too small for the referring path: need position_dims 32, vision width >= 64, "
-                         f"text width >= {REGION.stop}, head size >= 64, >= 2 heads, >= 2 layers, no grouped KV heads")
-    grid = shapes.image_size // shapes.patch_size
-    code = sincos_code((torch.arange(grid, dtype=torch.float32) + 0.5) / grid, d, grid) * math.sqrt(d / 2)  # (G, d), |c| = 1 per freq
-    vision = model.model.vision_tower
-    projector = model.model.multi_modal_projector
-    lm = model.model.language_model
-    with torch.no_grad():
-        # -- vision: position code in dims [0, 2d), nothing else writes there at the start
-        emb = vision.embeddings
-        pos = emb.position_embedding.weight  # (1 + G*G, Dv)
-        pos[:, : 2 * d] = 0.0
-        for row in range(grid):
-            for col in range(grid):
-                pos[1 + row * grid + col, :d] = code[col]
-                pos[1 + row * grid + col, d:2 * d] = code[row]
-        emb.patch_embedding.weight[: 2 * d] = 0.0
-        for layer in vision.encoder.layers:
-            for linear in (layer.self_attn.out_proj, layer.mlp.fc2):
-                linear.weight[: 2 * d] = 0.0
-                linear.bias[: 2 * d] = 0.0
-        # -- projector: GELU(u) - GELU(-u) = u carries the 2d code dims into LLM dims [0, 2d)
-        l1, l2 = projector.linear_1, projector.linear_2
-        l1.weight[: 4 * d] = 0.0
-        l1.bias[: 4 * d] = 0.0
-        l1.weight[:, : 2 * d] = 0.0  # content units do not read the code
-        eye = torch.eye(2 * d)
-        l1.weight[: 2 * d, : 2 * d] = eye
-        l1.weight[2 * d: 4 * d, : 2 * d] = -eye
-        # content units at unit gain (default init leaves them ~50x below the code), written only
-        # to the dims at and above CONTENT (the lower ones are the path's own)
-        nn_init_unit(l1.weight[4 * d:, 2 * d:])
-        nn_init_unit(l2.weight[CONTENT:, 4 * d:])
-        l2.weight[:, : 4 * d] = 0.0
-        l2.weight[:CONTENT] = 0.0
-        l2.bias[:CONTENT] = 0.0
-        l2.weight[: 2 * d, : 2 * d] = eye
-        l2.weight[: 2 * d, 2 * d: 4 * d] = -eye
-        # -- tokens: coordinate tokens carry their value code in [2d, 3d) and the COORD marker,
-        # every other token the QUERY marker; nothing else lives below CONTENT
-        tok = lm.get_input_embeddings().weight  # (V, Dt)
-        typical = tok[:, CONTENT:].norm(dim=1).mean()
-        tok[:, :CONTENT] = 0.0
-        ids = tokenizer.convert_tokens_to_ids(list(COORD_TOKENS))
-        values = torch.tensor([float(c) for c in COORD_TOKENS])
-        tok[ids, 2 * d: 3 * d] = sincos_code(values, d, grid) * typical
-        tok[:, QUERY] = typical
-        tok[ids, QUERY] = 0.0
-        tok[ids, COORD] = typical
-        # -- layer 0: head 0 = value . x (column), head 1 = value . y (row), in the head dims RoPE
-        # rotates least (the upper half of each rotate-half pair: frequency index >= head_dim / 4)
-        attn = lm.layers[0].self_attn
-        half = head_dim // 2
-        low = list(range(half - d // 2, half)) + list(range(head_dim - d // 2, head_dim))  # d dims
-        low_t = torch.tensor(low)
-        gain = torch.ones(1)
-        for head, key_dims in ((0, slice(0, d)), (1, slice(d, 2 * d))):
-            q_rows = head * head_dim + low_t
-            k_rows = head * head_dim + low_t
-            attn.q_proj.weight[head * head_dim:(head + 1) * head_dim] = 0.0
-            attn.k_proj.weight[head * head_dim:(head + 1) * head_dim] = 0.0
-            attn.q_proj.weight[q_rows, 2 * d: 3 * d] = torch.eye(d) * gain
-            attn.k_proj.weight[k_rows, key_dims] = torch.eye(d) * gain
-            # what the head finds (image content) is written, as a vote, into the VOTES dims
-            heads = slice(head * head_dim, (head + 1) * head_dim)
-            attn.v_proj.weight[heads] = 0.0
-            nn_init_unit(attn.v_proj.weight[heads, CONTENT:])
-            attn.o_proj.weight[:, heads] = 0.0
-            nn_init_unit(attn.o_proj.weight[VOTES, heads])
-        # -- layer 1, head 0 ("gather"): every token that is not a coordinate reads the votes of
-        # the coordinate tokens before it and writes them into the REGION dims
-        attn1 = lm.layers[1].self_attn
-        h0 = slice(0, head_dim)
-        for proj in (attn1.q_proj, attn1.k_proj, attn1.v_proj):
-            proj.weight[h0] = 0.0
-        attn1.q_proj.weight[low[0], QUERY] = 1.0
-        attn1.k_proj.weight[low[0], COORD] = 1.0
-        width = VOTES.stop - VOTES.start
-        attn1.v_proj.weight[torch.arange(width), torch.arange(VOTES.start, VOTES.stop)] = 1.0
-        attn1.o_proj.weight[:, h0] = 0.0
-        attn1.o_proj.weight[torch.arange(REGION.start, REGION.stop), torch.arange(width)] = 1.0
-    calibrate_referring_path(model, shapes, tokenizer, match_score)
-    calibrate_gather(model, shapes, tokenizer)
-
-
-def nn_init_unit(weight: Any) -> None:
-    """Gaussian weights that keep a unit-scale input at unit scale (std 1 / sqrt(fan in))."""
-    import torch
-
-    weight.copy_(torch.randn_like(weight) / math.sqrt(weight.shape[1]))
-
-
-def _sample_hidden(model: Any, shapes: TabletopShapes, tokenizer: Any) -> tuple[Any, list[str]]:
-    """Hidden states of a one-turn point question about a blank frame, and its tokens."""
-    import torch
-
-    from chatspot_ros.referring.conversation import get_conversation
-
-    prompt = get_conversation("vicuna_v1").render("What can you see in this region? <box>[0.437,0.562]</box>")
-    ids = tokenizer(prompt.replace(IMAGE_TOKEN, IMAGE_TOKEN * shapes.num_image_tokens), return_tensors="pt")["input_ids"]
-    pixels = torch.zeros(1, 3, shapes.image_size, shapes.image_size)
-    out = model(input_ids=ids, pixel_values=pixels, output_hidden_states=True)
-    return out.hidden_states, tokenizer.convert_ids_to_tokens(ids[0])
-
-
-def calibrate_gather(model: Any, shapes: TabletopShapes, tokenizer: Any, score: float = 8.0,
-                     region_norm: float = 2.0) -> None:
-    """Scale layer 1's gather head: ``score`` on coordinate tokens, the REGION write ~``region_norm``."""
-    import torch
-
-    head_dim = shapes.text_hidden // shapes.text_heads
-    lm = model.model.language_model
-    attn1 = lm.layers[1].self_attn
-    with torch.no_grad():
-        hidden, tokens = _sample_hidden(model, shapes, tokenizer)
-        h = lm.layers[1].input_layernorm(hidden[1][0])  # (T, D) layer 1 input
-        coord = [i for i, t in enumerate(tokens) if t in COORD_TOKENS]
-        q = attn1.q_proj(h[-1:])[0, :head_dim]
-        k = attn1.k_proj(h[coord])[:, :head_dim]
-        raw = float((k @ q).mean()) / math.sqrt(head_dim)
-        gain = math.sqrt(score / max(raw, 1e-6))
-        attn1.q_proj.weight[:head_dim] *= gain
-        attn1.k_proj.weight[:head_dim] *= gain
-        votes = attn1.v_proj(h[coord])[:, :head_dim].norm(dim=1).mean()
-        attn1.o_proj.weight[:, :head_dim] *= region_norm / max(float(votes), 1e-6)
-
-
-def calibrate_referring_path(model: Any, shapes: TabletopShapes, tokenizer: Any, match_score: float) -> float:
-    """Scale the two wired heads so a coordinate token scores ``match_score`` on its own column.
-
-    Measured on the model's own normalized hidden states of a blank frame, so the scale follows
-    whatever the RMSNorm and embedding sizes are. Returns the gain applied.
-    """
-    import torch
-
-    head_dim = shapes.text_hidden // shapes.text_heads
-    lm = model.model.language_model
-    norm = lm.layers[0].input_layernorm
-    with torch.no_grad():
-        pixels = torch.zeros(1, 3, shapes.image_size, shapes.image_size)
-        image = model.model.get_image_features(pixel_values=pixels)
-        image = image.pooler_output if hasattr(image, "pooler_output") else image
-        image = (image[0] if isinstance(image, (list, tuple)) else image).reshape(-1, shapes.text_hidden)
-        grid = shapes.image_size // shapes.patch_size
-        centre = f"{(grid // 2 + 0.5) / grid:.2f}"  # the coordinate token at a patch centre
-        coord = lm.get_input_embeddings().weight[tokenizer.convert_tokens_to_ids([centre])]
-        h_img, h_coord = norm(image), norm(coord)
-        attn = lm.layers[0].self_attn
-        q = attn.q_proj(h_coord)[0, :head_dim]
-        k = attn.k_proj(h_img)[:, :head_dim]
-        scores = (k @ q) / math.sqrt(head_dim)  # (N,)
-        best = float(scores.max())
-        if best <= 0:
-            raise RuntimeError("referring path calibration failed: no patch matches the coordinate code")
-        gain = math.sqrt(match_score / best)
-        for head in (0, 1):
-            attn.q_proj.weight[head * head_dim:(head + 1) * head_dim] *= gain
-            attn.k_proj.weight[head * head_dim:(head + 1) * head_dim] *= gain
-    return gain
-
-
 def build_model(shapes: TabletopShapes, tokenizer: Any, seed: int = 0) -> Any:  # LlavaForConditionalGeneration
-    """A freshly initialized tabletop ChatSpot (seeded), with the referring path wired."""
+    """A freshly initialized tabletop ChatSpot (seeded) with the referring path wired, not yet
+    calibrated (``calibrate_path``: it needs the prompt builder and rendered frames)."""
     import torch
     from transformers import LlavaForConditionalGeneration
+
+    from chatspot_ros.training import referring_path as rp
 
     config = llava_config(shapes, tokenizer)
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
-    wire_referring_path(model, shapes, tokenizer)
+    layout = rp.layout_for(config)
+    rp.check_shapes(config, layout)
+    rp.wire_vision(model, layout)
+    rp.wire_projector(model, layout, seed=seed)
+    rp.wire_decoder(model, layout, tokenizer, COORD_TOKENS, seed=seed)
     gen = model.generation_config
     gen.pad_token_id = config.text_config.pad_token_id
     gen.bos_token_id = config.text_config.bos_token_id
@@ -394,24 +194,17 @@ def build_model(shapes: TabletopShapes, tokenizer: Any, seed: int = 0) -> Any:  
     return model
 
 
-def freeze_referring_path(model: Any) -> list[str]:
-    """Keep the wired path fixed while the rest learns to read it (``chatspot-train run --freeze-path``).
+def path_probe(setup: Any, frames: int = 12) -> Any:  # referring_path.Probe
+    """Calibration prompts for ``setup`` (a model_setup.ModelSetup of a tabletop preset)."""
+    from chatspot_ros.training import referring_path as rp
 
-    Frozen: the vision tower (after stage 0), the projector, the LLM's first two layers (their
-    attention is the path; their norms and MLPs would rescale and overwrite it), and the embedding
-    dims below CONTENT (codes and markers; a gradient hook, since the rest of each embedding row,
-    tied to the LM head, must learn). Returns the frozen names.
-    """
-    import torch
+    layout = rp.layout_for(setup.model.config)
+    return rp.build_probe(setup.tokenizer, setup.builder, setup.conversation, setup.preprocess,
+                          setup.num_image_tokens, layout.grid, COORD_TOKENS, frames=frames)
 
-    lm = model.model.language_model
-    frozen = []
-    for prefix, module in (("vision_tower", model.model.vision_tower),
-                           ("multi_modal_projector", model.model.multi_modal_projector),
-                           ("layers.0", lm.layers[0]), ("layers.1", lm.layers[1])):
-        for name, p in module.named_parameters():
-            p.requires_grad_(False)
-            frozen.append(f"{prefix}.{name}")
-    emb = lm.get_input_embeddings().weight
-    emb.register_hook(lambda g: torch.cat([torch.zeros_like(g[:, :CONTENT]), g[:, CONTENT:]], dim=1))
-    return frozen
+
+def calibrate_path(setup: Any) -> dict[str, float]:
+    """Scale the wired heads on rendered world frames (again after stage 0 changes the patches)."""
+    from chatspot_ros.training import referring_path as rp
+
+    return rp.calibrate(setup.model, path_probe(setup), rp.layout_for(setup.model.config))

@@ -5,7 +5,8 @@ start (the path image -> answer runs through random attention), and a small mode
 nothing about the image for hundreds of steps. A dense objective fixes that cheaply: from each
 patch's final hidden state, a temporary linear head predicts the colour and the shape of what
 covers the patch (soft targets from the world's exact object masks; "table" where nothing is).
-The head is thrown away; the tower keeps features the LLM can read linearly from step one.
+The head then becomes the content the projector hands the decoder (referring_path.wire_projector),
+so the LLM reads what lies in a region from step one.
 """
 from __future__ import annotations
 
@@ -47,12 +48,12 @@ def patch_targets(scene: Scene, grid: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def pretrain_vision(model: Any, preprocess: Callable[[Sequence[np.ndarray]], Any], *, seed: int, frames: int,
-                    steps: int, batch_size: int = 32, lr: float = 2e-3, protect_dims: int = 0,
-                    progress: bool = True) -> list[float]:
-    """Train ``model``'s vision tower on patch targets of world split ``seed``; returns the losses.
+                    steps: int, batch_size: int = 32, lr: float = 2e-3, layout: Any = None,
+                    progress: bool = True) -> tuple[list[float], Any]:
+    """Train ``model``'s vision tower on patch targets of world split ``seed``.
 
-    ``protect_dims``: the first dims of the tower's residual stream that hold the wired position
-    code (tabletop_model.wire_referring_path); the layers are kept from writing there in this stage.
+    ``layout`` (a referring_path.PathLayout): the tower's position dims are kept as wired.
+    Returns the losses and the trained patch head (Linear: colours + table, then shapes + table).
     """
     import torch
     from tqdm import tqdm
@@ -69,14 +70,10 @@ def pretrain_vision(model: Any, preprocess: Callable[[Sequence[np.ndarray]], Any
     params = list(tower.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     hooks = []
-    if protect_dims:
-        for layer in tower.encoder.layers:
-            for linear in (layer.self_attn.out_proj, layer.mlp.fc2):
-                for p in (linear.weight, linear.bias):
-                    hooks.append(p.register_hook(lambda g: torch.cat([torch.zeros_like(g[:protect_dims]),
-                                                                      g[protect_dims:]])))
-        hooks.append(tower.embeddings.patch_embedding.weight.register_hook(
-            lambda g: torch.cat([torch.zeros_like(g[:protect_dims]), g[protect_dims:]])))
+    if layout is not None:
+        from chatspot_ros.training.referring_path import protect_vision
+
+        hooks = protect_vision(model, layout)
     rng = np.random.default_rng(seed)
     losses = []
     tower.train()
@@ -94,11 +91,47 @@ def pretrain_vision(model: Any, preprocess: Callable[[Sequence[np.ndarray]], Any
                 group["lr"] = lr * min(1.0, (step + 1) / 20)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
     finally:
         bar.close()
         for h in hooks:
             h.remove()
+    tower.eval()
     LOGGER.info("stage 0 (vision): %d steps, loss %.3f -> %.3f", steps, np.mean(losses[:10]), np.mean(losses[-10:]))
-    return losses
+    return losses, head
+
+
+def region_readout_accuracy(model: Any, head: Any, preprocess: Callable[[Sequence[np.ndarray]], Any], *,
+                            seed: int, frames: int) -> dict[str, float]:
+    """Category accuracy of the patch head averaged over each object's region, as the wired path
+    averages it (boxes, and clicks): the ceiling stage 0 leaves for the decoder, on split ``seed``."""
+    import torch
+
+    from chatspot_ros.training.referring_path import bound_codes
+
+    tower = model.model.vision_tower
+    grid = tower.config.image_size // tower.config.patch_size
+    hits = {"box": [], "point": []}
+    rng = np.random.default_rng(seed)
+    with torch.no_grad():
+        for start in range(0, frames, 64):
+            scenes = [sample_scene(seed, i) for i in range(start, min(frames, start + 64))]
+            hidden = tower(preprocess([render(s) for s in scenes]), output_hidden_states=True).hidden_states[-1][:, 1:]
+            logits = head(hidden).numpy()  # (B, N, 11)
+            for scene, lg in zip(scenes, logits):
+                w, h = scene.size
+                for obj in scene.objects:
+                    x0, y0, x1, y1 = obj.box
+                    px, py = obj.inside_point(rng)
+                    for kind, (xa, ya, xb, yb) in (("box", (x0, y0, x1, y1)), ("point", (px, py, px, py))):
+                        lx, hx = bound_codes([np.floor(xa / w * 100) / 100, np.floor(xb / w * 100) / 100], grid)
+                        ly, hy = bound_codes([np.floor(ya / h * 100) / 100, np.floor(yb / h * 100) / 100], grid)
+                        cols = (lx[0] == 0) & (hx[1] == 0)
+                        rows = (ly[0] == 0) & (hy[1] == 0)
+                        inside = (rows.reshape(-1, 1) & cols.reshape(1, -1)).reshape(-1)
+                        mean = lg[inside].mean(0)
+                        colour = list(COLOURS)[int(np.argmax(mean[: N_COLOURS - 1]))]
+                        shape = SHAPES[int(np.argmax(mean[N_COLOURS: N_COLOURS + N_SHAPES - 1]))]
+                        hits[kind].append(colour == obj.colour and shape == obj.shape)
+    return {k: float(np.mean(v)) for k, v in hits.items()}

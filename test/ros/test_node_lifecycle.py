@@ -155,3 +155,19 @@ def test_deactivating_drops_and_counts_detections_waiting_for_their_frame(agent:
     outcomes = sum(int(values[f"detections.{o}"]) for o in OUTCOMES["detections"])
     assert int(values["detections.received"]) == outcomes
     assert "node deactivated" in agent.log()
+
+
+def test_an_empty_model_path_loads_the_shipped_demo_model_loudly(agent: AgentProcess, client: RosClient,
+                                                                  tiny_model_dir) -> None:
+    from chatspot_ros.models import shipped_model
+
+    if state(client) == State.PRIMARY_STATE_ACTIVE:
+        assert transition(client, Transition.TRANSITION_DEACTIVATE)
+    if state(client) == State.PRIMARY_STATE_INACTIVE:
+        assert transition(client, Transition.TRANSITION_CLEANUP)
+    assert set_string(client, "model.path", "").successful
+    assert transition(client, Transition.TRANSITION_CONFIGURE)
+    assert state(client) == State.PRIMARY_STATE_INACTIVE
+    assert "shipped DEMO model" in agent.log() and str(shipped_model()) in agent.log()
+    assert transition(client, Transition.TRANSITION_CLEANUP)
+    assert set_string(client, "model.path", str(tiny_model_dir)).successful

@@ -31,7 +31,9 @@ def test_greedy_batch_matches_hf_generate(seeded_runtimes, seeded_model_dirs, se
     for p, result in zip(prompts, results):
         expected = hf_generate(rt, processor, frame, p, MAX_NEW)
         assert list(result.token_ids) == expected
-        assert result.text == rt.tokenizer.decode(expected, skip_special_tokens=True)
+        markers = {rt.tokenizer.convert_tokens_to_ids(t) for t in ("<box>", "</box>")}
+        control = set(rt.tokenizer.all_special_ids) - markers
+        assert result.text == rt.tokenizer.decode([i for i in expected if i not in control])
         assert result.stopped in ("eos", "length")
 
 
@@ -75,3 +77,9 @@ def test_linear_projector_checkpoint_matches_hf_generate(chatspot_model_dir) -> 
         _assert_matches_hf_generate(rt, chatspot_model_dir, make_frame(11), [prompt(q) for q in QUESTIONS[:3]])
     finally:
         rt.close()
+
+
+def test_answer_text_keeps_region_markers_and_drops_control_tokens(runtime) -> None:
+    tok = runtime.tokenizer
+    ids = tok("<box>[0.10,0.20]</box>", add_special_tokens=False)["input_ids"] + [tok.eos_token_id, tok.pad_token_id]
+    assert runtime.decode_text(ids) == "<box>[0.10,0.20]</box>"

@@ -1,0 +1,91 @@
+"""The wired referring path (training/referring_path.py): each part, and the route end to end."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from chatspot_ros.training import referring_path as rp  # noqa: E402
+from chatspot_ros.training import tabletop_model as tm  # noqa: E402
+
+
+def test_bound_codes_mark_patch_centres_beyond_half_a_patch() -> None:
+    # grid 4: centres 0.125, 0.375, 0.625, 0.875; half a patch = 0.125
+    low, high = rp.bound_codes([0.30, 0.30], 4)
+    assert low[0].tolist() == [-1, 0, 0, 0]  # 0.125 < 0.30 - 0.125
+    assert high[0].tolist() == [0, 0, -1, -1]  # 0.625 > 0.30 + 0.125
+    low, high = rp.bound_codes([0.0, 1.0], 4)
+    assert not low[0].any() and not high[1].any()
+    # a click's bounds keep exactly the column that holds it
+    for v in np.linspace(0.01, 0.99, 37):
+        low, high = rp.bound_codes([v], 4)
+        keep = np.flatnonzero((low[0] == 0) & (high[0] == 0))
+        assert int(v * 4) in keep and len(keep) <= 2
+
+
+@pytest.mark.parametrize("preset", ["tabletop", "smoke"])
+def test_offset_kernels_single_out_their_offset(preset: str) -> None:
+    shapes = tm.PRESETS[preset]
+    head_dim = shapes.text_hidden // shapes.text_heads
+    omega = shapes.rope_theta ** (-np.arange(0, head_dim, 2) / head_dim)
+    every, third = rp.kernel_margins(omega)
+    assert every > 0.1  # any other token within 400
+    assert third > 0.5  # the other coordinates of a region
+    k = rp.offset_kernel(omega, [0, 1, 2, 3])
+    assert k[0] == pytest.approx(1.0) and (k[1:] < rp.threshold(omega)).all()
+
+
+@pytest.fixture(scope="module")
+def smoke(smoke_setup_factory):
+    return smoke_setup_factory(seed=3)
+
+
+def test_projector_carries_columns_and_rows_unchanged(smoke) -> None:
+    model = smoke.model
+    layout = rp.layout_for(model.config)
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        feats = model.model.get_image_features(pixel_values=pixels)
+    feats = feats.pooler_output if hasattr(feats, "pooler_output") else feats
+    feats = torch.stack(list(feats)) if isinstance(feats, (list, tuple)) else feats
+    feats = feats.reshape(2, -1, model.config.text_config.hidden_size)
+    g = layout.grid
+    col = feats[..., layout.col]
+    row = feats[..., layout.row]
+    for p in range(g * g):
+        r, c = divmod(p, g)
+        assert col[:, p].argmax(-1).tolist() == [c, c] and row[:, p].argmax(-1).tolist() == [r, r]
+        others = torch.cat([col[:, p, :c], col[:, p, c + 1:]], -1)
+        assert others.abs().max() < 1e-5 and (col[:, p, c] > 0).all()
+
+
+def test_wired_route_reaches_the_answer_on_unseen_frames(smoke) -> None:
+    layout = rp.layout_for(smoke.model.config)
+    probe = rp.build_probe(smoke.tokenizer, smoke.builder, smoke.conversation, smoke.preprocess,
+                           smoke.num_image_tokens, layout.grid, tm.COORD_TOKENS, frames=10, seed=77)
+    report = rp.check_path(smoke.model, probe, layout)
+    for part in ("first_x", "first_y", "low_x", "low_y", "high_x", "high_y", "inside", "copy"):
+        assert report[f"min_{part}"] > 0.98, (part, report)
+    assert report["min_region_cosine"] > 0.99
+
+
+def test_stage0_keeps_the_position_dims_and_freeze_stops_the_path(smoke_setup_factory) -> None:
+    from chatspot_ros.training.vision_pretrain import pretrain_vision
+
+    setup = smoke_setup_factory(seed=4)
+    layout = rp.layout_for(setup.model.config)
+    tower = setup.model.model.vision_tower
+    before = tower.embeddings.position_embedding.weight[:, :layout.vision_dims].clone()
+    other = tower.embeddings.position_embedding.weight[:, layout.vision_dims:].clone()
+    losses, head = pretrain_vision(setup.model, setup.preprocess, seed=5, frames=16, steps=3, batch_size=4,
+                                   layout=layout, progress=False)
+    assert head.weight.shape[0] == 11 and len(losses) == 3
+    assert torch.equal(tower.embeddings.position_embedding.weight[:, :layout.vision_dims], before)
+    assert not torch.equal(tower.embeddings.position_embedding.weight[:, layout.vision_dims:], other)
+    for layer in tower.encoder.layers:
+        assert not layer.mlp.fc2.weight[:layout.vision_dims].any()
+    frozen = rp.freeze(setup.model)
+    assert any(n.startswith("layers.3.") for n in frozen) and not any(n.startswith("layers.4.") for n in frozen)
+    trainable = {n for n, p in setup.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lm_head" in n or "layers.4." in n or n.endswith("norm.weight") for n in trainable)
