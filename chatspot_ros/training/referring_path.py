@@ -230,6 +230,16 @@ def bound_codes(values: Sequence[float], grid: int, level: float = 1.0) -> tuple
     return low, high
 
 
+def inside_patches(first: tuple[float, float], last: tuple[float, float], grid: int) -> np.ndarray:
+    """(G*G,) bool: the patches the route attends to for a region read as the box first..last
+    (coarse coordinates, as the coordinate tokens carry them)."""
+    low = bound_codes(first, grid)[0]  # (2, G): x, y
+    high = bound_codes(last, grid)[1]
+    cols = (low[0] == 0) & (high[0] == 0)
+    rows = (low[1] == 0) & (high[1] == 0)
+    return (rows.reshape(-1, 1) & cols.reshape(1, -1)).reshape(-1)
+
+
 def rope_frequencies(text_config: Any) -> np.ndarray:
     head_dim = text_config.hidden_size // text_config.num_attention_heads
     theta = getattr(text_config, "rope_theta", None)
@@ -403,10 +413,7 @@ def build_probe(tokenizer: Any, builder: Any, conversation: Any, preprocess: Cal
             close = max(k for k, t in enumerate(ids) if t == tokenizer.convert_tokens_to_ids("]"))
             # the region as the model reads it: coarse coordinates, bounds over patch centres
             values = [float(tokenizer.convert_ids_to_tokens(ids[k])) for k in coords]
-            low, high = bound_codes(values, grid)
-            xs_ok = (low[0] == 0) & (high[-2] == 0)
-            ys_ok = (low[1] == 0) & (high[-1] == 0)
-            inside = (ys_ok.reshape(-1, 1) & xs_ok.reshape(1, -1)).reshape(-1)
+            inside = inside_patches((values[0], values[1]), (values[-2], values[-1]), grid)
             rows.append(ids)
             images.append(render(scene))
             meta.append((close, coords[0], coords[1], coords[-2], coords[-1], inside, len(ids) - 1))

@@ -108,7 +108,7 @@ def region_readout_accuracy(model: Any, head: Any, preprocess: Callable[[Sequenc
     averages it (boxes, and clicks): the ceiling stage 0 leaves for the decoder, on split ``seed``."""
     import torch
 
-    from chatspot_ros.training.referring_path import bound_codes
+    from chatspot_ros.training.referring_path import inside_patches
 
     tower = model.model.vision_tower
     grid = tower.config.image_size // tower.config.patch_size
@@ -125,11 +125,8 @@ def region_readout_accuracy(model: Any, head: Any, preprocess: Callable[[Sequenc
                     x0, y0, x1, y1 = obj.box
                     px, py = obj.inside_point(rng)
                     for kind, (xa, ya, xb, yb) in (("box", (x0, y0, x1, y1)), ("point", (px, py, px, py))):
-                        lx, hx = bound_codes([np.floor(xa / w * 100) / 100, np.floor(xb / w * 100) / 100], grid)
-                        ly, hy = bound_codes([np.floor(ya / h * 100) / 100, np.floor(yb / h * 100) / 100], grid)
-                        cols = (lx[0] == 0) & (hx[1] == 0)
-                        rows = (ly[0] == 0) & (hy[1] == 0)
-                        inside = (rows.reshape(-1, 1) & cols.reshape(1, -1)).reshape(-1)
+                        coarse = [np.floor(v * 100) / 100 for v in (xa / w, ya / h, xb / w, yb / h)]
+                        inside = inside_patches((coarse[0], coarse[1]), (coarse[2], coarse[3]), grid)
                         mean = lg[inside].mean(0)
                         colour = list(COLOURS)[int(np.argmax(mean[: N_COLOURS - 1]))]
                         shape = SHAPES[int(np.argmax(mean[N_COLOURS: N_COLOURS + N_SHAPES - 1]))]
