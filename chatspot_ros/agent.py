@@ -12,8 +12,9 @@ from __future__ import annotations
 import faulthandler
 import signal
 import sys
+import traceback
 from types import FrameType
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -33,6 +34,37 @@ def executor_threads(max_pending_requests: int) -> int:
     queued request and the running one, plus one each for the sensor, click and diagnostics
     callback groups and the default group (lifecycle and parameter services, tf)."""
     return max(5, min(64, int(max_pending_requests) + 5))
+
+
+def spin_until_shutdown(executor: Any, context: Any, logger: Any, *, timeout_sec: float = 0.5,
+                        on_error: Optional[Callable[[BaseException], None]] = None) -> int:
+    """Spin ``executor`` until ``context`` shuts down; returns the number of rounds that raised.
+
+    One exception must not end the node: a callback that raised (the multi-threaded executor
+    re-raises it from a later ``spin_once``) or the executor's own race on an entity destroyed
+    while it builds a wait set (``InvalidHandle``, ros2/rclpy#1206, #1284) is logged with its
+    traceback, counted (once) through ``on_error``, and the loop goes on. ``spin_once`` with a timeout
+    rather than ``spin()``: Python runs the SIGINT handler only when the main thread gets back
+    to bytecode, so the loop wakes up every ``timeout_sec``.
+    """
+    errors = 0
+    last: Optional[BaseException] = None
+    while context.ok():
+        try:
+            executor.spin_once(timeout_sec=timeout_sec)
+        except (KeyboardInterrupt, ExternalShutdownException):
+            raise
+        except Exception as exc:  # noqa: BLE001 - logged, counted, and the node keeps serving
+            if exc is last:  # rclpy re-raises a callback's exception from more than one round
+                continue
+            last = exc
+            errors += 1
+            if on_error is not None:
+                on_error(exc)
+            if errors <= 10 or errors % 100 == 0:  # a storm of the same error must not flood the log
+                logger.error(f"executor: {type(exc).__name__}: {exc} (error {errors} of this process; "
+                             f"the node keeps serving)\n{traceback.format_exc()}")
+    return errors
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Optional[FrameType]) -> None:
@@ -67,10 +99,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     "accepts lifecycle transitions")
             elif node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
                 node.get_logger().error("autostart: activate failed (see above)")
-        # spin() would block in the middleware's wait until some entity is ready, and Python runs
-        # the SIGINT handler only when the main thread gets back to bytecode: wake up twice a second.
-        while rclpy.ok(context=node.context):
-            executor.spin_once(timeout_sec=0.5)
+        spin_until_shutdown(executor, node.context, node.get_logger(), on_error=node.note_executor_error)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

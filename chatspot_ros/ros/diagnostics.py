@@ -20,7 +20,7 @@ INPUT_COUNTERS = ("images.decode_failed", "frames.time_jumps", "camera_info.rece
                   "suggestions.rejected", "detections.share_turns")
 # Counters shown in the "requests" status besides the request outcomes.
 REQUEST_COUNTERS = ("model.errors", "model.oom", "worker.errors", "internal.errors",
-                    "configure.failed")
+                    "executor.errors", "configure.failed")
 # Inputs that did not lead to an answer: any of these makes the "inputs" status WARN.
 UNANSWERED_INPUTS = ("detections.dropped", "detections.unmatched", "images.rejected", "clicks.dropped")
 
@@ -86,7 +86,7 @@ def requests_status(s: NodeSnapshot) -> DiagnosticStatus:
     keys = ["requests.received"] + [f"requests.{o}" for o in OUTCOMES["requests"]] + list(REQUEST_COUNTERS)
     values: dict[str, Any] = {k: c.get(k, 0) for k in keys}
     values.update({"queue.requests": s.queue_requests, "worker.busy": s.worker_busy})
-    errors = c.get("model.errors", 0) + c.get("worker.errors", 0) + c.get("internal.errors", 0)
+    errors = sum(c.get(k, 0) for k in ("model.errors", "worker.errors", "internal.errors", "executor.errors"))
     return DiagnosticStatus(
         level=DiagnosticStatus.WARN if errors else DiagnosticStatus.OK, name=f"{s.name}: requests",
         message=f"{c.get('requests.served', 0)} served, {c.get('requests.failed', 0)} failed",

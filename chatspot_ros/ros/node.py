@@ -1120,6 +1120,11 @@ class ChatSpotAgentNode(LifecycleNode):
             goal_handle.abort()
         return result
 
+    def note_executor_error(self, exc: BaseException) -> None:
+        """The executor loop (agent.spin_until_shutdown) caught ``exc`` and logged it: counted, so
+        the requests status in /diagnostics warns (the model itself is fine)."""
+        self._stats.incr("executor.errors")
+
     # -- entry points: counted while they run (see on_deactivate); a bug fails the request only
 
     def _serve(self, where: str, pending: PendingRequest, handler: Callable[[], Any], response: Any,

@@ -225,6 +225,11 @@ def test_diagnostics_statuses_from_a_snapshot() -> None:
     assert values["/ns/agent: latency"]["decode.mean_ms"] == "10.00" and latency.message == "no answers yet"
     failed = build_statuses(NodeSnapshot(**{**snapshot.__dict__, "last_error": "boom", "state": "unconfigured"}))
     assert failed[0].level == DiagnosticStatus.ERROR and failed[0].message == "boom"
+    stats.incr("executor.errors")  # the agent's loop caught an exception and kept serving
+    caught = build_statuses(NodeSnapshot(**{**snapshot.__dict__, "counters": stats.counters()}))
+    assert caught[0].level == DiagnosticStatus.OK  # the model is fine
+    assert caught[2].level == DiagnosticStatus.WARN
+    assert {kv.key: kv.value for kv in caught[2].values}["executor.errors"] == "1"
 
 
 def test_detections_get_their_share_under_back_to_back_requests() -> None:
