@@ -202,6 +202,10 @@ def _run(args: argparse.Namespace) -> int:
               + ", ".join(f"{k} {v:.1%}" for k, v in readout.items()))
         rp.wire_projector(setup.model, layout, head, seed=args.model_seed)
         tm.calibrate_path(setup)
+        rec = rp.check_answer_box(setup.model, tm.box_probe(setup, seed=997), layout, setup.tokenizer,
+                                  tm.COORD_TOKENS)
+        print(f"answer-box route on unseen frames (teacher-forced REC Acc@0.5): box the route finds "
+              f"{rec['found']:.1%}, its readout {rec['readout']:.1%}")
     if args.freeze_path:
         from chatspot_ros.training.referring_path import check_shapes, freeze, layout_for
 
@@ -282,6 +286,11 @@ def _export(args: argparse.Namespace) -> int:
     with torch.no_grad():
         for name, tensor in state["trainable"].items():
             named[name].copy_(tensor)
+    if args.preset:  # a wired tabletop model: it must run in the precision it is saved in
+        from chatspot_ros.training import tabletop_model as tm
+
+        factor = tm.check_in_dtype(setup, args.dtype)
+        print(f"checked in {args.dtype} on the REC probe (find head text penalty x{factor:.3g})")
     out = save_llava_hf(setup.model.eval(), setup.tokenizer, setup.image_processor, args.out, dtype=args.dtype)
     print(f"exported step {state['step']} of {args.run} to {out}")
     return 0

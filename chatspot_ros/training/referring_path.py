@@ -21,6 +21,13 @@ how to name it, how to answer and plan) is trained. For ``<box>[x1,y1,x2,y2]</bo
   uniformly over the patches inside the region, whose mean content it writes into REGION;
 * layer 3 copies REGION from the latest "]" into every later token, the answer's included.
 
+The reverse direction (REC: "Where is the red cube?" answered with its box) has a route of its
+own in the same layers (``_wire_answer_box``): patches are coarser than objects, so the box comes
+from the vision tower (stage 0 regresses, per patch, the box of the object over it), layer 2
+averages the expression's colour and shape words into a query, layer 3 finds the patches whose
+content matches it and reads their box, and layer 3's MLP hands the coordinate the current
+token must write to rows of the LM head that turn a value into the nearest coordinate token.
+
 Relative offsets come from RoPE (kernels over its fastest rotations), markers and bounds sit in
 the pairs it barely rotates (rope_theta 1e6). All scales are calibrated on rendered world frames
 (``calibrate``) and ``check_path`` measures the route. A polygon is read as the box spanned by its
@@ -47,7 +54,9 @@ class PathLayout:
     grid: int  # patches per side
     image_dims: int = 32  # content an image token carries into the decoder
 
-    TEXT, COORD, OPEN, CLOSE, FIRST_X, FIRST_Y = range(6)  # markers
+    TEXT, COORD, OPEN, CLOSE, FIRST_X, FIRST_Y, QWORD, COMMA = range(8)  # markers
+    IMAGE_BOX, IMAGE_ONE = slice(11, 15), 15  # within ``image``: the stage-0 box (x1, y1, x2, y2), a constant
+    WORDS = 9  # colour words, then shape words (world order)
 
     def _block(self, k: int) -> slice:
         start = 8 + k * self.grid
@@ -90,10 +99,39 @@ class PathLayout:
     def answer_region(self) -> slice:
         return slice(self.region.stop, self.region.stop + self.image_dims)
 
+    def _rec(self, offset: int, size: int) -> slice:
+        start = self.answer_region.stop + offset
+        return slice(start, start + size)
+
+    @property
+    def slots(self) -> slice:
+        """Flags of the tokens that predict y1, x2, y2 of an answered box (3, 6, 9 after "[")."""
+        return self._rec(0, 3)
+
+    @property
+    def word(self) -> slice:
+        """A colour or shape word's one-hot (embeddings)."""
+        return self._rec(3, self.WORDS)
+
+    @property
+    def query(self) -> slice:
+        """The mean of the colour and shape words so far (layer 2)."""
+        return self._rec(3 + self.WORDS, self.WORDS)
+
+    @property
+    def found(self) -> slice:
+        """The box and the constant of the patches the query matches (layer 3)."""
+        return self._rec(3 + 2 * self.WORDS, 5)
+
+    @property
+    def sel(self) -> int:
+        """The found coordinate of the current slot (layer 3's MLP); ``sel + 1``: the constant."""
+        return self.answer_region.stop + 8 + 2 * self.WORDS
+
     @property
     def content(self) -> int:
         """First dim of the token embeddings' own (random, fixed) content."""
-        return self.answer_region.stop
+        return self.sel + 2
 
     @property
     def vision_dims(self) -> int:
@@ -178,8 +216,9 @@ def protect_vision(model: Any, layout: PathLayout) -> list[Any]:
 def wire_projector(model: Any, layout: PathLayout, patch_head: Any | None = None, seed: int = 0) -> None:
     """Projector: column/row one-hots and the image content into their decoder dims, linearly.
 
-    Content: the stage-0 patch head's logits (colour, shape) first, then fixed random
-    projections of the patch features. Each linear unit u is the pair GELU(u) - GELU(-u).
+    Content: the stage-0 patch head's outputs (colour and shape logits, the box of the object
+    over the patch) first, a constant at ``IMAGE_ONE``, then fixed random projections of the
+    patch features. Each linear unit u is the pair GELU(u) - GELU(-u).
     """
     import torch
 
@@ -193,6 +232,7 @@ def wire_projector(model: Any, layout: PathLayout, patch_head: Any | None = None
         m = min(k, patch_head.weight.shape[0])
         content_w[:m] = patch_head.weight.detach()[:m] * 0.25
         content_b[:m] = patch_head.bias.detach()[:m] * 0.25
+    content_w[layout.IMAGE_ONE], content_b[layout.IMAGE_ONE] = 0.0, 0.25  # found box = box dims / this
     if l1.weight.shape[0] < 2 * (2 * g + k):
         raise ValueError("projector too narrow for the referring path")
     with torch.no_grad():
@@ -302,8 +342,10 @@ class _Heads:
         self.attn.q_proj.weight[self.row(head, 0):self.row(head + 1, 0)] *= factor
 
 
-def wire_decoder(model: Any, layout: PathLayout, tokenizer: Any, coord_tokens: Sequence[str], seed: int = 0) -> None:
-    """Embeddings and layers 0-3 as the module docstring says (uncalibrated: see ``calibrate``)."""
+def wire_decoder(model: Any, layout: PathLayout, tokenizer: Any, coord_tokens: Sequence[str], seed: int = 0,
+                 words: Sequence[str] | None = None) -> None:
+    """Embeddings and layers 0-3 as the module docstring says (uncalibrated: see ``calibrate``);
+    ``words``: the colour then shape words the answer-box route knows (default: the world's)."""
     import torch
 
     text = model.config.text_config
@@ -359,6 +401,104 @@ def wire_decoder(model: Any, layout: PathLayout, tokenizer: Any, coord_tokens: S
         h3 = _Heads(lm.layers[3].self_attn, hd)
         h3.product(0, 0, L.TEXT, L.CLOSE, weight=1.0)
         h3.copy(0, L.region, L.answer_region)
+        _wire_answer_box(model, L, tokenizer, coord_tokens, h0, h2, h3, omega, words)
+
+
+def word_token_ids(tokenizer: Any, words: Sequence[str]) -> list[list[int]]:
+    """Per word, the single tokens that spell it (with and without a leading space, capitalized)."""
+    out = []
+    for word in words:
+        ids = set()
+        for variant in (" " + word, word, " " + word.capitalize(), word.capitalize()):
+            pieces = tokenizer(variant, add_special_tokens=False)["input_ids"]
+            if len(pieces) == 1:
+                ids.add(pieces[0])
+        if len(tokenizer(" " + word, add_special_tokens=False)["input_ids"]) != 1:
+            raise ValueError(f"the tokenizer splits {word!r}; the answer-box route needs it as one token")
+        out.append(sorted(ids))
+    return out
+
+
+def _wire_answer_box(model: Any, L: PathLayout, tokenizer: Any, coord_tokens: Sequence[str], h0: _Heads,
+                     h2: _Heads, h3: _Heads, omega: np.ndarray, words: Sequence[str] | None) -> None:
+    """The REC route: expression words -> the patches they name -> their box -> coordinate tokens.
+
+    Colour and shape words carry a one-hot; layer 2 (head 1) averages them into QUERY at every
+    token; layer 3 (head 1) attends from every token to the image tokens whose colour and shape
+    logits match QUERY and reads their stage-0 box and a constant (FOUND: box x const, so their
+    ratio is the box whatever the attention's spread). Slot flags mark the tokens that predict a
+    box's coordinates ("[" itself, and the tokens 3, 6, 9 after it: layer 0 heads 2-3, layer 2
+    head 2); layer 3's MLP gates the slot's coordinate into SEL and the constant into SEL + 1, and
+    the LM head's coordinate rows read them as G (2 t SEL + (1 - t^2) SEL1), largest at the
+    coordinate t nearest SEL / SEL1 (``wire_box_readout``).
+    """
+    if words is None:
+        from chatspot_ros.world.scene import COLOURS, SHAPES
+
+        words = list(COLOURS) + list(SHAPES)
+    if len(words) != L.WORDS:
+        raise ValueError(f"the answer-box route needs {L.WORDS} words (colours, then shapes), got {len(words)}")
+    lm = model.model.language_model
+    emb = lm.get_input_embeddings().weight
+    for j, ids in enumerate(word_token_ids(tokenizer, words)):
+        emb[ids, L.QWORD] = 1.0
+        emb[ids, L.word.start + j] = 1.0
+    comma = tokenizer.convert_tokens_to_ids(",")
+    if comma is None or comma == tokenizer.unk_token_id:
+        raise ValueError("the tokenizer has no single token ','; the answer-box route needs one")
+    emb[comma, L.COMMA] = 1.0
+    slots = list(range(L.slots.start, L.slots.stop))
+    for heads, head, offset, flag in ((h0, 2, 3, slots[0]), (h0, 3, 6, slots[1]), (h2, 2, 9, slots[2])):
+        heads.kernel(head, L.TEXT, L.OPEN, offset, omega, gain=1.0)
+        heads.product(head, 0, L.TEXT, L.OPEN, weight=-threshold(omega))
+        rows = slice(heads.row(head, 0), heads.row(head + 1, 0))  # "]" never asks: it stays unflagged
+        heads.attn.q_proj.weight[rows, L.CLOSE] = -heads.attn.q_proj.weight[rows, L.TEXT]
+        heads.copy(head, [L.OPEN], [flag])
+    h2.product(1, 0, L.TEXT, L.QWORD, weight=1.0)
+    h2.copy(1, L.word, L.query)
+    n_colours = L.WORDS - 3
+    for j in range(L.WORDS):  # patch head: colours, table, shapes, table
+        key = L.image.start + (j if j < n_colours else j + 1)
+        h3.product(1, j, L.query.start + j, key, weight=1.0)
+    h3.product(1, L.WORDS, L.TEXT, L.TEXT, weight=-1.0)
+    box = [L.image.start + d for d in range(L.IMAGE_BOX.start, L.IMAGE_BOX.stop)] + [L.image.start + L.IMAGE_ONE]
+    h3.copy(1, box, L.found)
+    mlp = lm.layers[3].mlp
+    for k, flag in enumerate([L.OPEN] + slots):
+        for j, src in enumerate((L.found.start + k, L.found.start + 4)):
+            n = 2 * k + j
+            mlp.gate_proj.weight[n] = 0.0
+            mlp.up_proj.weight[n] = 0.0
+            mlp.gate_proj.weight[n, flag] = SLOT_GATE
+            if k == 0:  # the "[" itself
+                mlp.gate_proj.weight[n, L.TEXT] = -SLOT_GATE / 2
+            else:  # a "," with its slot flag
+                mlp.gate_proj.weight[n, L.COMMA] = SLOT_GATE
+                mlp.gate_proj.weight[n, L.TEXT] = -1.5 * SLOT_GATE
+            mlp.up_proj.weight[n, src] = 1.0
+            mlp.down_proj.weight[L.sel + j, n] = 1.0
+    for layer in lm.layers[WIRED_LAYERS:]:
+        layer.self_attn.o_proj.weight[L.sel:L.sel + 2] = 0.0
+        layer.mlp.down_proj.weight[L.sel:L.sel + 2] = 0.0
+    lm.norm.weight[L.sel:L.sel + 2] = 1.0
+    wire_box_readout(model, L, tokenizer, coord_tokens, gain=1.0)
+
+
+SLOT_GATE = 64.0  # gate of the slot neurons: +-32 (flag - TEXT / 2) / RMS, so off-slot neurons stay off
+
+
+def wire_box_readout(model: Any, layout: PathLayout, tokenizer: Any, coord_tokens: Sequence[str],
+                     gain: float) -> None:
+    """LM head columns SEL, SEL + 1: coordinate t scores gain (2 t SEL + (1 - t^2) SEL1); others 0."""
+    import torch
+
+    weight = model.lm_head.weight
+    ids = tokenizer.convert_tokens_to_ids(list(coord_tokens))
+    t = torch.tensor([float(c) for c in coord_tokens], dtype=weight.dtype)
+    with torch.no_grad():
+        weight[:, layout.sel:layout.sel + 2] = 0.0
+        weight[ids, layout.sel] = gain * 2 * t
+        weight[ids, layout.sel + 1] = gain * (1 - t * t)
 
 
 def threshold(omega: np.ndarray) -> float:
@@ -578,4 +718,267 @@ def freeze(model: Any) -> list[str]:
         for name, p in module.named_parameters():
             p.requires_grad_(False)
             frozen.append(f"{prefix}.{name}")
+    protect_box_readout(model, layout_for(model.config))
     return frozen
+
+
+def protect_box_readout(model: Any, layout: PathLayout) -> list[Any]:
+    """Gradient hooks that keep SEL, SEL + 1 as wired while the later layers train: nothing after
+    layer 3 writes them, the final norm keeps their gains, the LM head its readout columns."""
+    sel = slice(layout.sel, layout.sel + 2)
+
+    def rows(g: Any) -> Any:
+        g = g.clone()
+        g[sel] = 0.0
+        return g
+
+    def cols(g: Any) -> Any:
+        g = g.clone()
+        g[:, sel] = 0.0
+        return g
+
+    lm = model.model.language_model
+    hooks = [lm.norm.weight.register_hook(rows), model.lm_head.weight.register_hook(cols)]
+    for layer in lm.layers[WIRED_LAYERS:]:
+        hooks += [layer.self_attn.o_proj.weight.register_hook(rows), layer.mlp.down_proj.weight.register_hook(rows)]
+    return hooks
+
+
+# --- the answer-box route (REC): probe, calibration, measurement -------------------------------
+
+@dataclass
+class BoxProbe:
+    """Teacher-forced REC prompts: 'Where is the red cube ...?' followed by its box answer."""
+
+    input_ids: Any
+    attention_mask: Any
+    pixel_values: Any
+    opens: list[int]  # index of the answer's "["
+    words: list[list[int]]  # indices of the colour/shape word tokens
+    boxes: list[tuple[float, float, float, float]]  # the object's box, normalized
+
+    def slots(self, i: int) -> list[int]:
+        """The tokens that predict x1, y1, x2, y2 of row ``i``'s answer."""
+        return [self.opens[i] + k for k in (0, 3, 6, 9)]
+
+
+def build_box_probe(tokenizer: Any, builder: Any, conversation: Any, preprocess: Callable[[Sequence[np.ndarray]], Any],
+                    num_image_tokens: int, *, frames: int = 24, seed: int = 998,
+                    words: Sequence[str] | None = None) -> BoxProbe:
+    """REC questions about every object of world frames of split ``seed``, answers appended."""
+    import torch
+
+    from chatspot_ros.referring import Region, RegionKind
+    from chatspot_ros.testing.tiny_model import IMAGE_TOKEN
+    from chatspot_ros.world.language import referring_expression
+    from chatspot_ros.world.scene import COLOURS, SHAPES, render, sample_scene
+
+    word_ids = {i for ids in word_token_ids(tokenizer, words or list(COLOURS) + list(SHAPES)) for i in ids}
+    open_id = tokenizer.convert_tokens_to_ids("[")
+    rows, images, meta = [], [], []
+    for i in range(frames):
+        scene = sample_scene(seed, i)
+        w, h = scene.size
+        for obj in scene.objects:
+            x0, y0, x1, y1 = obj.box
+            question = builder.find_region(referring_expression(obj), scene.size, style="short" if i % 2 else None)
+            answer = builder.region_text(Region(RegionKind.BOX, ((x0, y0), (x1, y1))), scene.size)
+            prompt = conversation.render(question.text).replace(IMAGE_TOKEN, IMAGE_TOKEN * num_image_tokens)
+            n_prompt = len(tokenizer(prompt)["input_ids"])
+            ids = tokenizer(prompt + " " + answer)["input_ids"]
+            opens = [k for k, t in enumerate(ids) if t == open_id and k >= n_prompt - 1]
+            if [tokenizer.convert_ids_to_tokens(ids[opens[0] + k]) for k in (3, 6, 9)] != [","] * 3:
+                raise ValueError(f"answer {answer!r} does not tokenize as '[' x ',' y ',' x ',' y ']'")
+            rows.append(ids)
+            images.append(render(scene))
+            meta.append((opens[0], [k for k, t in enumerate(ids[:n_prompt]) if t in word_ids],
+                         (x0 / w, y0 / h, x1 / w, y1 / h)))
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    return BoxProbe(input_ids, mask, preprocess(images), *[list(x) for x in zip(*meta)])
+
+
+FIND_SCALES = (0.5, 1, 2, 4, 8, 16, 32, 64, 128)
+READOUT_PEAK = 1e4  # G * SEL1 at a slot: one coordinate step (0.01) near the peak is worth ~2 nats
+MAX_READOUT_GAIN = 1.5e4  # 2 G stays inside float16 (the shipped weights); tabletop_model.check_in_dtype
+#                           checks the logits stay finite
+SLOT_VALUE = 4.0  # SEL1 in the residual at a slot: large beside the rest of the token
+
+
+def _found_boxes(model: Any, hidden: tuple[Any, ...], probe: BoxProbe, layout: PathLayout, scale: float) -> Any:
+    """(B, 4) the box the find head (layer 3, head 1) would give with its queries scaled by
+    ``scale``: each coordinate as read at the slot that predicts it."""
+    import torch
+
+    lm = model.model.language_model
+    x = lm.layers[3].input_layernorm(hidden[3])
+    s = _causal(head_scores(model, hidden, 3, 1)) * scale
+    box = [layout.image.start + d for d in range(layout.IMAGE_BOX.start, layout.IMAGE_BOX.stop)]
+    values = x[..., box + [layout.image.start + layout.IMAGE_ONE]]  # (B, T, 5)
+    rows = torch.arange(len(probe.opens))
+    out = []
+    for k in range(4):
+        at = torch.tensor([probe.slots(i)[k] for i in range(len(probe.opens))])
+        attention = torch.softmax(s[rows, at], -1)  # (B, T)
+        found = (attention.unsqueeze(-1) * values).sum(1)
+        out.append(found[:, k] / found[:, 4].clamp(min=1e-9))
+    return torch.stack(out, 1)
+
+
+def _final_states(model: Any, probe: Any) -> Any:
+    """(B, T, H) the decoder's output after its final norm: what the LM head reads."""
+    out = model(input_ids=probe.input_ids, attention_mask=probe.attention_mask, pixel_values=probe.pixel_values,
+                output_hidden_states=True)
+    last = out.hidden_states[-1]
+    if not bool((model.lm_head(last) - out.logits).abs().max() < 1e-3 * out.logits.abs().max().clamp(min=1)):
+        last = model.model.language_model.norm(last)
+    return last
+
+
+def _iou(a: Sequence[float], b: Sequence[float]) -> float:
+    from chatspot_ros.evaluation.boxes import box_iou
+
+    return box_iou(a, b)
+
+
+def calibrate_answer_box(model: Any, probe: BoxProbe, layout: PathLayout, *, margin: float = 12.0) -> dict[str, float]:
+    """Scale the REC route on ``probe``: slot flags and the word gather win by ``margin`` nats,
+    the find head's sharpness is the one whose boxes score best, SEL1 sits near ``SLOT_VALUE``
+    in the residual and the LM head's readout peaks near ``READOUT_PEAK``. Returns the factors."""
+    import torch
+
+    lm = model.model.language_model
+    text = model.config.text_config
+    hd = text.hidden_size // text.num_attention_heads
+    b = len(probe.opens)
+    rows = torch.arange(b)
+    opens = torch.tensor(probe.opens)
+    factors: dict[str, float] = {}
+    with torch.no_grad():
+        hidden = _hidden(model, probe)
+        slot_heads = ((0, 2, 3, "slot_y1"), (0, 3, 6, "slot_x2"), (2, 2, 9, "slot_y2"))
+        for layer, head, offset, name in slot_heads:
+            if layer == 2:
+                hidden = _hidden(model, probe)
+            s = head_scores(model, hidden, layer, head)
+            factors[name] = margin / float(s[rows, opens + offset, opens].min())
+            _Heads(lm.layers[layer].self_attn, hd).scale_query(head, factors[name])
+        hidden = _hidden(model, probe)
+        for k, (layer, head, offset, name) in enumerate(slot_heads):  # flags ~1, like the markers
+            flag = layout.slots.start + k
+            value = float(hidden[layer + 1][rows, opens + offset, flag].mean())
+            lm.layers[layer].self_attn.o_proj.weight[flag] /= value
+        s = _causal(head_scores(model, hidden, 2, 1))[rows, opens]  # (B, T)
+        gaps = []
+        for i in range(b):
+            words = torch.zeros(s.shape[1], dtype=torch.bool)
+            words[probe.words[i]] = True
+            row = s[i, : probe.opens[i] + 1]
+            gaps.append(float(row[words[: len(row)]].min() - row[~words[: len(row)]].max()))
+        if min(gaps) <= 0:
+            raise RuntimeError(f"answer-box route: the word gather does not single out the words (gap {min(gaps):.3f})")
+        factors["gather"] = margin / min(gaps)
+        _Heads(lm.layers[2].self_attn, hd).scale_query(1, factors["gather"])
+        hidden = _hidden(model, probe)
+        best, best_key = None, None
+        for scale in FIND_SCALES:
+            ious = [_iou(box, truth) for box, truth in zip(_found_boxes(model, hidden, probe, layout, scale).tolist(),
+                                                           probe.boxes)]
+            key = (float(np.mean(np.asarray(ious) >= 0.5)), float(np.mean(ious)))
+            if best_key is None or key > best_key:
+                best, best_key = scale, key
+        factors["find"] = float(best)
+        _Heads(lm.layers[3].self_attn, hd).scale_query(1, factors["find"])
+        factors["find_text"] = fit_find_text_penalty(model, probe, layout, margin=margin, hidden=hidden)
+        hidden = _hidden(model, probe)
+        slots = torch.tensor([probe.slots(i) for i in range(b)])  # (B, 4)
+        sel1 = hidden[WIRED_LAYERS][rows.unsqueeze(1), slots, layout.sel + 1]
+        factors["slot_value"] = SLOT_VALUE / float(sel1.mean())
+        lm.layers[3].mlp.down_proj.weight[layout.sel:layout.sel + 2, :8] *= factors["slot_value"]
+        sel1 = _final_states(model, probe)[rows.unsqueeze(1), slots, layout.sel + 1]
+        gain = min(READOUT_PEAK / float(sel1.min()), MAX_READOUT_GAIN)
+        if gain == MAX_READOUT_GAIN:
+            LOGGER.warning("answer-box route: SEL1 reaches the LM head as low as %.3g; readout gain capped at %.3g "
+                           "(float16)", float(sel1.min()), MAX_READOUT_GAIN)
+        readout = model.lm_head.weight[:, layout.sel:layout.sel + 2]
+        readout *= gain / float(readout[:, 1].max())  # the column's largest entry is the gain (t = 0)
+        factors["readout"] = gain
+    LOGGER.info("answer-box route calibrated: %s", ", ".join(f"{k} x{v:.3g}" for k, v in factors.items()))
+    return factors
+
+
+def fit_find_text_penalty(model: Any, probe: BoxProbe, layout: PathLayout, *, margin: float = 12.0,
+                          hidden: tuple[Any, ...] | None = None) -> float:
+    """Set the find head's text penalty so that, at every slot of ``probe``, each text token
+    trails the best image token by twice ``margin``: enough to keep text out of the box, and no
+    more (a larger one overflows float16 queries). Idempotent; returns the factor applied."""
+    import torch
+
+    lm = model.model.language_model
+    text = model.config.text_config
+    heads = _Heads(lm.layers[3].self_attn, text.hidden_size // text.num_attention_heads)
+    row = heads.row(1, heads.slow(layout.WORDS))
+    weight = lm.layers[3].self_attn.q_proj.weight
+    with torch.no_grad():
+        hidden = hidden if hidden is not None else _hidden(model, probe)
+        image = probe.input_ids == model.config.image_token_index  # (B, T)
+        scores = head_scores(model, hidden, 3, 1)  # text tokens: the penalty alone (no image content)
+        penalty = weight[row, layout.TEXT].item()
+        weight[row, layout.TEXT] = 0.0
+        content = head_scores(model, hidden, 3, 1)
+        weight[row, layout.TEXT] = penalty
+        per_unit = scores - content  # (B, T, T): the penalty term's share, linear in the weight
+        needed = 0.0
+        for i in range(len(probe.opens)):
+            for at in probe.slots(i):
+                seen = torch.zeros_like(image[i])
+                seen[: at + 1] = True
+                best = float(content[i, at][image[i] & seen].max())
+                text_tokens = ~image[i] & seen & probe.attention_mask[i].bool()
+                worst = float(per_unit[i, at][text_tokens].max())  # the least penalized text token (< 0)
+                if worst >= 0:
+                    raise RuntimeError("answer-box route: the find head's text penalty does not penalize")
+                needed = max(needed, (2 * margin - best) / -worst)
+        factor = max(needed, 1e-3)
+        weight[row, layout.TEXT] *= factor
+    return factor
+
+
+def check_answer_box(model: Any, probe: BoxProbe, layout: PathLayout, tokenizer: Any,
+                     coord_tokens: Sequence[str]) -> dict[str, float]:
+    """How well the REC route works on ``probe`` (teacher-forced): attention mass of the slot
+    flags and of the word gather, and Acc@0.5 of the box the find head reads (``found``), of the
+    wired readout alone (``readout``) and of the model's own argmax at the four slots (``model``)."""
+    import torch
+
+    b = len(probe.opens)
+    rows = torch.arange(b)
+    opens = torch.tensor(probe.opens)
+    ids = tokenizer.convert_tokens_to_ids(list(coord_tokens))
+    values = {i: float(t) for i, t in zip(ids, coord_tokens)}
+    with torch.no_grad():
+        hidden = _hidden(model, probe)
+        out: dict[str, list[float]] = {}
+        for (layer, head, offset), name in (((0, 2, 3), "slot_y1"), ((0, 3, 6), "slot_x2"), ((2, 2, 9), "slot_y2")):
+            p = torch.softmax(_causal(head_scores(model, hidden, layer, head)), -1)
+            out[name] = p[rows, opens + offset, opens].tolist()
+        p = torch.softmax(_causal(head_scores(model, hidden, 2, 1)), -1)[rows, opens]
+        out["gather"] = [float(p[i, probe.words[i]].sum()) for i in range(b)]
+        found = hidden[WIRED_LAYERS][rows, opens][:, layout.found]
+        boxes = (found[:, :4] / found[:, 4:].clamp(min=1e-9)).tolist()
+        out["found"] = [float(_iou(bx, t) >= 0.5) for bx, t in zip(boxes, probe.boxes)]
+        final = _final_states(model, probe)
+        slots = torch.tensor([probe.slots(i) for i in range(b)])
+        f = final[rows.unsqueeze(1), slots][..., layout.sel:layout.sel + 2]  # (B, 4, 2)
+        w = model.lm_head.weight[ids][:, layout.sel:layout.sel + 2]  # (C, 2)
+        wired = (f @ w.T).argmax(-1)  # (B, 4)
+        t = torch.tensor([float(c) for c in coord_tokens])
+        out["readout"] = [float(_iou(t[wired[i]].tolist(), probe.boxes[i]) >= 0.5) for i in range(b)]
+        logits = model(input_ids=probe.input_ids, attention_mask=probe.attention_mask,
+                       pixel_values=probe.pixel_values).logits
+        own = logits[rows.unsqueeze(1), slots].argmax(-1).tolist()
+        out["model"] = [float(all(k in values for k in row) and
+                              _iou([values[k] for k in row], probe.boxes[i]) >= 0.5) for i, row in enumerate(own)]
+    return {k: float(np.mean(v)) for k, v in out.items()} | {f"min_{k}": float(np.min(v)) for k, v in out.items()}

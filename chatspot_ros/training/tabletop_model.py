@@ -203,8 +203,43 @@ def path_probe(setup: Any, frames: int = 12) -> Any:  # referring_path.Probe
                           setup.num_image_tokens, layout.grid, COORD_TOKENS, frames=frames)
 
 
-def calibrate_path(setup: Any) -> dict[str, float]:
-    """Scale the wired heads on rendered world frames (again after stage 0 changes the patches)."""
+def box_probe(setup: Any, frames: int = 24, seed: int = 998) -> Any:  # referring_path.BoxProbe
+    """REC calibration prompts (teacher-forced box answers) for ``setup``."""
     from chatspot_ros.training import referring_path as rp
 
-    return rp.calibrate(setup.model, path_probe(setup), rp.layout_for(setup.model.config))
+    return rp.build_box_probe(setup.tokenizer, setup.builder, setup.conversation, setup.preprocess,
+                              setup.num_image_tokens, frames=frames, seed=seed)
+
+
+def calibrate_path(setup: Any) -> dict[str, float]:
+    """Scale the wired heads on rendered world frames (again after stage 0 changes the patches):
+    the region route, then the answer-box route."""
+    from chatspot_ros.training import referring_path as rp
+
+    layout = rp.layout_for(setup.model.config)
+    factors = rp.calibrate(setup.model, path_probe(setup), layout)
+    return factors | rp.calibrate_answer_box(setup.model, box_probe(setup), layout)
+
+
+def check_in_dtype(setup: Any, dtype: str) -> float:
+    """Run the REC probe in ``dtype`` (the exported weights' precision) and fail loudly on
+    overflow; first re-fit the find head's text penalty (idempotent for runs calibrated by this
+    version; earlier ones set it high enough to overflow float16). Returns the factor applied."""
+    import copy
+
+    import torch
+
+    from chatspot_ros.training import referring_path as rp
+
+    layout = rp.layout_for(setup.model.config)
+    probe = box_probe(setup, frames=6)
+    factor = rp.fit_find_text_penalty(setup.model, probe, layout)
+    torch_dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+    model = copy.deepcopy(setup.model).to(torch_dtype).eval()
+    for name, p in (("REC", probe), ("region", path_probe(setup, frames=6))):
+        with torch.no_grad():
+            logits = model(input_ids=p.input_ids, attention_mask=p.attention_mask,
+                           pixel_values=p.pixel_values.to(torch_dtype)).logits
+        if not bool(torch.isfinite(logits[p.attention_mask.bool()]).all()):
+            raise RuntimeError(f"the model overflows in {dtype} on the {name} probe: export it as float32")
+    return factor

@@ -4,9 +4,11 @@ A vision tower trained from random weights only through the LLM gets almost no g
 start (the path image -> answer runs through random attention), and a small model then learns
 nothing about the image for hundreds of steps. A dense objective fixes that cheaply: from each
 patch's final hidden state, a temporary linear head predicts the colour and the shape of what
-covers the patch (soft targets from the world's exact object masks; "table" where nothing is).
+covers the patch (soft targets from the world's exact object masks; "table" where nothing is)
+and the box of the object that covers most of it (loss weighted by that share): patches are
+coarser than objects, so a box answer (REC) needs the box from the tower, not from patch places.
 The head then becomes the content the projector hands the decoder (referring_path.wire_projector),
-so the LLM reads what lies in a region from step one.
+so the LLM reads what lies in a region, and where an object's edges are, from step one.
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ from chatspot_ros.world.scene import COLOURS, SHAPES, Scene, object_masks, rende
 LOGGER = logging.getLogger("chatspot_ros.training")
 N_COLOURS = len(COLOURS) + 1  # + table
 N_SHAPES = len(SHAPES) + 1
+N_BOX = 4  # x1, y1, x2, y2 normalized by the frame (the stretched model image)
+BOX_LOSS_WEIGHT = 10.0  # L1 in frame units: 0.02 off costs 0.2, like a confident class error
 
 
 def patch_targets(scene: Scene, grid: int) -> tuple[np.ndarray, np.ndarray]:
@@ -47,13 +51,32 @@ def patch_targets(scene: Scene, grid: int) -> tuple[np.ndarray, np.ndarray]:
     return colour, shape
 
 
+def patch_box_targets(scene: Scene, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """(box (G*G, 4), weight (G*G,)): per patch, the normalized box of the object covering most
+    of it, and that object's share of the patch (0 where only table shows)."""
+    height, width = scene.size[1], scene.size[0]
+    ys = np.linspace(0, height, grid + 1).round().astype(int)
+    xs = np.linspace(0, width, grid + 1).round().astype(int)
+    area = np.outer(np.diff(ys), np.diff(xs)).reshape(-1)
+    box = np.zeros((grid * grid, N_BOX), np.float32)
+    weight = np.zeros(grid * grid, np.float32)
+    for obj, mask in zip(scene.objects, object_masks(scene)):
+        cells = np.add.reduceat(np.add.reduceat(mask.astype(np.float32), ys[:-1], axis=0), xs[:-1], axis=1)
+        share = cells.reshape(-1) / area
+        wins = share > weight
+        x0, y0, x1, y1 = obj.box
+        box[wins] = (x0 / width, y0 / height, x1 / width, y1 / height)
+        weight[wins] = share[wins]
+    return box, weight
+
+
 def pretrain_vision(model: Any, preprocess: Callable[[Sequence[np.ndarray]], Any], *, seed: int, frames: int,
                     steps: int, batch_size: int = 32, lr: float = 2e-3, layout: Any = None,
                     progress: bool = True) -> tuple[list[float], Any]:
     """Train ``model``'s vision tower on patch targets of world split ``seed``.
 
     ``layout`` (a referring_path.PathLayout): the tower's position dims are kept as wired.
-    Returns the losses and the trained patch head (Linear: colours + table, then shapes + table).
+    Returns the losses and the trained patch head (Linear: colours + table, shapes + table, box).
     """
     import torch
     from tqdm import tqdm
@@ -66,7 +89,10 @@ def pretrain_vision(model: Any, preprocess: Callable[[Sequence[np.ndarray]], Any
     targets = [patch_targets(s, grid) for s in scenes]
     colour_t = torch.tensor(np.stack([t[0] for t in targets]))  # (F, N, 7)
     shape_t = torch.tensor(np.stack([t[1] for t in targets]))  # (F, N, 4)
-    head = torch.nn.Linear(config.hidden_size, N_COLOURS + N_SHAPES)
+    boxes = [patch_box_targets(s, grid) for s in scenes]
+    box_t = torch.tensor(np.stack([b[0] for b in boxes]))  # (F, N, 4)
+    box_w = torch.tensor(np.stack([b[1] for b in boxes]))  # (F, N)
+    head = torch.nn.Linear(config.hidden_size, N_COLOURS + N_SHAPES + N_BOX)
     params = list(tower.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     hooks = []
@@ -83,8 +109,11 @@ def pretrain_vision(model: Any, preprocess: Callable[[Sequence[np.ndarray]], Any
             idx = torch.as_tensor(rng.integers(frames, size=batch_size))
             hidden = tower(pixels[idx], output_hidden_states=True).hidden_states[-1][:, 1:]  # (B, N, C)
             logits = head(hidden)
+            classes = N_COLOURS + N_SHAPES
+            box_error = (logits[..., classes:] - box_t[idx]).abs().sum(-1)  # (B, N)
             loss = -(colour_t[idx] * torch.log_softmax(logits[..., :N_COLOURS], -1)).sum(-1).mean() \
-                   - (shape_t[idx] * torch.log_softmax(logits[..., N_COLOURS:], -1)).sum(-1).mean()
+                   - (shape_t[idx] * torch.log_softmax(logits[..., N_COLOURS:classes], -1)).sum(-1).mean() \
+                   + BOX_LOSS_WEIGHT * (box_error * box_w[idx]).sum() / box_w[idx].sum().clamp(min=1.0)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             for group in optimizer.param_groups:
@@ -105,14 +134,19 @@ def pretrain_vision(model: Any, preprocess: Callable[[Sequence[np.ndarray]], Any
 def region_readout_accuracy(model: Any, head: Any, preprocess: Callable[[Sequence[np.ndarray]], Any], *,
                             seed: int, frames: int) -> dict[str, float]:
     """Category accuracy of the patch head averaged over each object's region, as the wired path
-    averages it (boxes, and clicks): the ceiling stage 0 leaves for the decoder, on split ``seed``."""
+    averages it (boxes, and clicks), and REC Acc@0.5 of the box the patches matching the
+    object's colour and shape give (softmax over patches of the two logits, as the answer-box
+    route reads it): the ceilings stage 0 leaves for the decoder, on split ``seed``."""
     import torch
 
     from chatspot_ros.training.referring_path import inside_patches
 
     tower = model.model.vision_tower
     grid = tower.config.image_size // tower.config.patch_size
-    hits = {"box": [], "point": []}
+    from chatspot_ros.evaluation.boxes import box_iou
+
+    hits = {"box": [], "point": [], "rec": []}
+    colour_index = {c: i for i, c in enumerate(COLOURS)}
     rng = np.random.default_rng(seed)
     with torch.no_grad():
         for start in range(0, frames, 64):
@@ -131,4 +165,8 @@ def region_readout_accuracy(model: Any, head: Any, preprocess: Callable[[Sequenc
                         colour = list(COLOURS)[int(np.argmax(mean[: N_COLOURS - 1]))]
                         shape = SHAPES[int(np.argmax(mean[N_COLOURS: N_COLOURS + N_SHAPES - 1]))]
                         hits[kind].append(colour == obj.colour and shape == obj.shape)
+                    score = lg[:, colour_index[obj.colour]] + lg[:, N_COLOURS + SHAPES.index(obj.shape)]
+                    attention = np.exp(score - score.max())
+                    found = (attention[:, None] * lg[:, N_COLOURS + N_SHAPES:]).sum(0) / attention.sum()
+                    hits["rec"].append(box_iou(found * (w, h, w, h), obj.box) >= 0.5)
     return {k: float(np.mean(v)) for k, v in hits.items()}

@@ -80,7 +80,7 @@ def test_stage0_keeps_the_position_dims_and_freeze_stops_the_path(smoke_setup_fa
     other = tower.embeddings.position_embedding.weight[:, layout.vision_dims:].clone()
     losses, head = pretrain_vision(setup.model, setup.preprocess, seed=5, frames=16, steps=3, batch_size=4,
                                    layout=layout, progress=False)
-    assert head.weight.shape[0] == 11 and len(losses) == 3
+    assert head.weight.shape[0] == 15 and len(losses) == 3  # 7 colours, 4 shapes, a box
     assert torch.equal(tower.embeddings.position_embedding.weight[:, :layout.vision_dims], before)
     assert not torch.equal(tower.embeddings.position_embedding.weight[:, layout.vision_dims:], other)
     for layer in tower.encoder.layers:
@@ -89,3 +89,63 @@ def test_stage0_keeps_the_position_dims_and_freeze_stops_the_path(smoke_setup_fa
     assert any(n.startswith("layers.3.") for n in frozen) and not any(n.startswith("layers.4.") for n in frozen)
     trainable = {n for n, p in setup.model.named_parameters() if p.requires_grad}
     assert trainable and all("lm_head" in n or "layers.4." in n or n.endswith("norm.weight") for n in trainable)
+
+
+def test_patch_box_targets_give_each_patch_the_box_of_the_object_over_most_of_it() -> None:
+    from chatspot_ros.training.vision_pretrain import patch_box_targets
+    from chatspot_ros.world.scene import Scene, WorldObject
+
+    # a 40 x 40 cube at (0, 0) in a 320 x 240 frame: grid 4 cells are 80 x 60 px
+    cube = WorldObject("red", "cube", (220, 40, 40), 40, 0, 0)
+    scene = Scene(0, 0, "wood", (150, 110, 70), 0.0, (1.0, 1.0), (cube,))
+    assert scene.size == (320, 240)
+    box, weight = patch_box_targets(scene, 4)
+    assert weight[0] == pytest.approx(40 * 40 / (80 * 60))
+    assert box[0] == pytest.approx([0.0, 0.0, 40 / 320, 40 / 240])
+    assert not weight[1:].any() and not box[1:].any()
+
+
+def test_box_readout_peaks_at_the_coordinate_nearest_the_found_value() -> None:
+    import types
+
+    tokens = tm.COORD_TOKENS
+    layout = rp.PathLayout(4)
+    vocab = {t: i for i, t in enumerate(tokens)}
+    tokenizer = types.SimpleNamespace(convert_tokens_to_ids=lambda names: [vocab[n] for n in names])
+    model = types.SimpleNamespace(lm_head=torch.nn.Linear(layout.content + 8, len(tokens), bias=False))
+    rp.wire_box_readout(model, layout, tokenizer, tokens, gain=50.0)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        v, c = rng.uniform(0, 1), rng.uniform(0.2, 3.0)
+        h = torch.zeros(layout.content + 8)
+        h[layout.sel], h[layout.sel + 1] = v * c, c
+        best = float(tokens[int(model.lm_head(h).argmax())])
+        assert abs(best - v) <= 0.005 + 1e-9, (v, c, best)
+
+
+def test_answer_box_route_flags_the_slots_and_gathers_the_expression_words(smoke) -> None:
+    layout = rp.layout_for(smoke.model.config)
+    probe = tm.box_probe(smoke, frames=6, seed=78)
+    report = rp.check_answer_box(smoke.model, probe, layout, smoke.tokenizer, tm.COORD_TOKENS)
+    for part in ("slot_y1", "slot_x2", "slot_y2", "gather"):
+        assert report[f"min_{part}"] > 0.98, (part, report)
+    # no stage 0 here, so the box dims are random: the boxes themselves are measured on the shipped model
+
+
+def test_freeze_keeps_the_box_readout_as_wired(smoke_setup_factory) -> None:
+    setup = smoke_setup_factory(seed=5)
+    layout = rp.layout_for(setup.model.config)
+    rp.freeze(setup.model)
+    sel = slice(layout.sel, layout.sel + 2)
+    lm = setup.model.model.language_model
+    readout = setup.model.lm_head.weight[:, sel].clone()
+    optimizer = torch.optim.SGD([p for p in setup.model.parameters() if p.requires_grad], lr=1.0)
+    probe = tm.box_probe(setup, frames=2, seed=79)
+    out = setup.model(input_ids=probe.input_ids, attention_mask=probe.attention_mask, pixel_values=probe.pixel_values)
+    (out.logits.float() ** 2).mean().backward()
+    optimizer.step()
+    assert torch.equal(setup.model.lm_head.weight[:, sel], readout)
+    assert (lm.norm.weight[sel] == 1).all()
+    for layer in lm.layers[rp.WIRED_LAYERS:]:
+        assert not layer.self_attn.o_proj.weight[sel].any() and not layer.mlp.down_proj.weight[sel].any()
+

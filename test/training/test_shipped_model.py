@@ -40,7 +40,18 @@ def test_the_shipped_model_meets_its_targets_on_a_fresh_split(report) -> None:
     point = tasks["classification/point"]["accuracy"]
     assert box >= 0.90, tasks["classification/box"]
     assert point >= 0.85, tasks["classification/point"]
-    # plans: 89.5 % on 1,000 frames of seed 1000, short of the 90 % (model card)
-    assert tasks["actions/box"]["accuracy"] >= 0.85, tasks["actions/box"]
+    # 60 frames: thresholds a few points under the 1,000-frame figures (model card) absorb the sampling
+    assert tasks["actions/box"]["accuracy"] >= 0.88, tasks["actions/box"]
+    assert tasks["rec/expression"]["acc_at_0_5"] >= 0.70, tasks["rec/expression"]
     noisy = tasks["classification/box"]["noise"]["0.2"]["accuracy"]
     assert box - noisy <= 0.05, (box, noisy)
+
+
+def test_the_shipped_model_runs_in_float16_as_a_gpu_runs_it() -> None:
+    from chatspot_ros.training import tabletop_model as tm
+    from chatspot_ros.training.model_setup import from_checkpoint
+
+    setup = from_checkpoint(shipped_model())
+    # raises when any logit of the REC or region probe overflows; the text penalty is already
+    # fitted (up to the float16 rounding of the saved weights)
+    assert tm.check_in_dtype(setup, "float16") == pytest.approx(1.0, rel=0.05)
