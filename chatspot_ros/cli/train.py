@@ -290,7 +290,7 @@ def _export(args: argparse.Namespace) -> int:
         from chatspot_ros.training import tabletop_model as tm
 
         factor = tm.check_in_dtype(setup, args.dtype)
-        print(f"checked in {args.dtype} on the REC probe (find head text penalty x{factor:.3g})")
+        print(f"checked in {args.dtype} on the REC and region probes (find head text penalty x{factor:.3g})")
     out = save_llava_hf(setup.model.eval(), setup.tokenizer, setup.image_processor, args.out, dtype=args.dtype)
     print(f"exported step {state['step']} of {args.run} to {out}")
     return 0

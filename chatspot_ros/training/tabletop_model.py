@@ -222,8 +222,8 @@ def calibrate_path(setup: Any) -> dict[str, float]:
 
 
 def check_in_dtype(setup: Any, dtype: str) -> float:
-    """Run the REC probe in ``dtype`` (the exported weights' precision) and fail loudly on
-    overflow; first re-fit the find head's text penalty (idempotent for runs calibrated by this
+    """Run the REC and region probes in ``dtype`` (the exported weights' precision) and fail
+    loudly on overflow; first re-fit the find head's text penalty (idempotent for runs calibrated by this
     version; earlier ones set it high enough to overflow float16). Returns the factor applied."""
     import copy
 
