@@ -45,6 +45,8 @@ import numpy as np
 LOGGER = logging.getLogger("chatspot_ros.training")
 WIRED_LAYERS = 4
 KERNEL_PAIRS = 6  # RoPE pairs (fastest first) that make an offset kernel; margins checked in tests
+# the answer-box route's slot flags: (layer, head, offset after "[", name), for y1, x2, y2
+SLOT_HEADS = ((0, 2, 3, "slot_y1"), (0, 3, 6, "slot_x2"), (2, 2, 9, "slot_y2"))
 
 
 @dataclass(frozen=True)
@@ -404,6 +406,13 @@ def wire_decoder(model: Any, layout: PathLayout, tokenizer: Any, coord_tokens: S
         _wire_answer_box(model, L, tokenizer, coord_tokens, h0, h2, h3, omega, words)
 
 
+def world_words() -> list[str]:
+    """The words the answer-box route knows by default: the world's colours, then its shapes."""
+    from chatspot_ros.world.scene import COLOURS, SHAPES
+
+    return list(COLOURS) + list(SHAPES)
+
+
 def word_token_ids(tokenizer: Any, words: Sequence[str]) -> list[list[int]]:
     """Per word, the single tokens that spell it (with and without a leading space, capitalized)."""
     out = []
@@ -432,10 +441,7 @@ def _wire_answer_box(model: Any, L: PathLayout, tokenizer: Any, coord_tokens: Se
     the LM head's coordinate rows read them as G (2 t SEL + (1 - t^2) SEL1), largest at the
     coordinate t nearest SEL / SEL1 (``wire_box_readout``).
     """
-    if words is None:
-        from chatspot_ros.world.scene import COLOURS, SHAPES
-
-        words = list(COLOURS) + list(SHAPES)
+    words = list(words) if words is not None else world_words()
     if len(words) != L.WORDS:
         raise ValueError(f"the answer-box route needs {L.WORDS} words (colours, then shapes), got {len(words)}")
     lm = model.model.language_model
@@ -448,7 +454,8 @@ def _wire_answer_box(model: Any, L: PathLayout, tokenizer: Any, coord_tokens: Se
         raise ValueError("the tokenizer has no single token ','; the answer-box route needs one")
     emb[comma, L.COMMA] = 1.0
     slots = list(range(L.slots.start, L.slots.stop))
-    for heads, head, offset, flag in ((h0, 2, 3, slots[0]), (h0, 3, 6, slots[1]), (h2, 2, 9, slots[2])):
+    for (layer, head, offset, _), flag in zip(SLOT_HEADS, slots):
+        heads = h0 if layer == 0 else h2
         heads.kernel(head, L.TEXT, L.OPEN, offset, omega, gain=1.0)
         heads.product(head, 0, L.TEXT, L.OPEN, weight=-threshold(omega))
         rows = slice(heads.row(head, 0), heads.row(head + 1, 0))  # "]" never asks: it stays unflagged
@@ -771,9 +778,9 @@ def build_box_probe(tokenizer: Any, builder: Any, conversation: Any, preprocess:
     from chatspot_ros.referring import Region, RegionKind
     from chatspot_ros.testing.tiny_model import IMAGE_TOKEN
     from chatspot_ros.world.language import referring_expression
-    from chatspot_ros.world.scene import COLOURS, SHAPES, render, sample_scene
+    from chatspot_ros.world.scene import render, sample_scene
 
-    word_ids = {i for ids in word_token_ids(tokenizer, words or list(COLOURS) + list(SHAPES)) for i in ids}
+    word_ids = {i for ids in word_token_ids(tokenizer, words or world_words()) for i in ids}
     open_id = tokenizer.convert_tokens_to_ids("[")
     rows, images, meta = [], [], []
     for i in range(frames):
@@ -827,20 +834,14 @@ def _found_boxes(model: Any, hidden: tuple[Any, ...], probe: BoxProbe, layout: P
     return torch.stack(out, 1)
 
 
-def _final_states(model: Any, probe: Any) -> Any:
-    """(B, T, H) the decoder's output after its final norm: what the LM head reads."""
+def _final_states(model: Any, probe: Any) -> tuple[Any, Any]:
+    """((B, T, H) the decoder's output after its final norm, what the LM head reads; the logits)."""
     out = model(input_ids=probe.input_ids, attention_mask=probe.attention_mask, pixel_values=probe.pixel_values,
                 output_hidden_states=True)
     last = out.hidden_states[-1]
     if not bool((model.lm_head(last) - out.logits).abs().max() < 1e-3 * out.logits.abs().max().clamp(min=1)):
         last = model.model.language_model.norm(last)
-    return last
-
-
-def _iou(a: Sequence[float], b: Sequence[float]) -> float:
-    from chatspot_ros.evaluation.boxes import box_iou
-
-    return box_iou(a, b)
+    return last, out.logits
 
 
 def calibrate_answer_box(model: Any, probe: BoxProbe, layout: PathLayout, *, margin: float = 12.0) -> dict[str, float]:
@@ -848,6 +849,8 @@ def calibrate_answer_box(model: Any, probe: BoxProbe, layout: PathLayout, *, mar
     the find head's sharpness is the one whose boxes score best, SEL1 sits near ``SLOT_VALUE``
     in the residual and the LM head's readout peaks near ``READOUT_PEAK``. Returns the factors."""
     import torch
+
+    from chatspot_ros.evaluation.boxes import box_iou
 
     lm = model.model.language_model
     text = model.config.text_config
@@ -858,15 +861,14 @@ def calibrate_answer_box(model: Any, probe: BoxProbe, layout: PathLayout, *, mar
     factors: dict[str, float] = {}
     with torch.no_grad():
         hidden = _hidden(model, probe)
-        slot_heads = ((0, 2, 3, "slot_y1"), (0, 3, 6, "slot_x2"), (2, 2, 9, "slot_y2"))
-        for layer, head, offset, name in slot_heads:
+        for layer, head, offset, name in SLOT_HEADS:
             if layer == 2:
                 hidden = _hidden(model, probe)
             s = head_scores(model, hidden, layer, head)
             factors[name] = margin / float(s[rows, opens + offset, opens].min())
             _Heads(lm.layers[layer].self_attn, hd).scale_query(head, factors[name])
         hidden = _hidden(model, probe)
-        for k, (layer, head, offset, name) in enumerate(slot_heads):  # flags ~1, like the markers
+        for k, (layer, head, offset, name) in enumerate(SLOT_HEADS):  # flags ~1, like the markers
             flag = layout.slots.start + k
             value = float(hidden[layer + 1][rows, opens + offset, flag].mean())
             lm.layers[layer].self_attn.o_proj.weight[flag] /= value
@@ -884,8 +886,8 @@ def calibrate_answer_box(model: Any, probe: BoxProbe, layout: PathLayout, *, mar
         hidden = _hidden(model, probe)
         best, best_key = None, None
         for scale in FIND_SCALES:
-            ious = [_iou(box, truth) for box, truth in zip(_found_boxes(model, hidden, probe, layout, scale).tolist(),
-                                                           probe.boxes)]
+            boxes = _found_boxes(model, hidden, probe, layout, scale).tolist()
+            ious = [box_iou(box, truth) for box, truth in zip(boxes, probe.boxes)]
             key = (float(np.mean(np.asarray(ious) >= 0.5)), float(np.mean(ious)))
             if best_key is None or key > best_key:
                 best, best_key = scale, key
@@ -897,7 +899,7 @@ def calibrate_answer_box(model: Any, probe: BoxProbe, layout: PathLayout, *, mar
         sel1 = hidden[WIRED_LAYERS][rows.unsqueeze(1), slots, layout.sel + 1]
         factors["slot_value"] = SLOT_VALUE / float(sel1.mean())
         lm.layers[3].mlp.down_proj.weight[layout.sel:layout.sel + 2, :8] *= factors["slot_value"]
-        sel1 = _final_states(model, probe)[rows.unsqueeze(1), slots, layout.sel + 1]
+        sel1 = _final_states(model, probe)[0][rows.unsqueeze(1), slots, layout.sel + 1]
         gain = min(READOUT_PEAK / float(sel1.min()), MAX_READOUT_GAIN)
         if gain == MAX_READOUT_GAIN:
             LOGGER.warning("answer-box route: SEL1 reaches the LM head as low as %.3g; readout gain capped at %.3g "
@@ -953,6 +955,8 @@ def check_answer_box(model: Any, probe: BoxProbe, layout: PathLayout, tokenizer:
     wired readout alone (``readout``) and of the model's own argmax at the four slots (``model``)."""
     import torch
 
+    from chatspot_ros.evaluation.boxes import box_iou
+
     b = len(probe.opens)
     rows = torch.arange(b)
     opens = torch.tensor(probe.opens)
@@ -961,24 +965,22 @@ def check_answer_box(model: Any, probe: BoxProbe, layout: PathLayout, tokenizer:
     with torch.no_grad():
         hidden = _hidden(model, probe)
         out: dict[str, list[float]] = {}
-        for (layer, head, offset), name in (((0, 2, 3), "slot_y1"), ((0, 3, 6), "slot_x2"), ((2, 2, 9), "slot_y2")):
+        for layer, head, offset, name in SLOT_HEADS:
             p = torch.softmax(_causal(head_scores(model, hidden, layer, head)), -1)
             out[name] = p[rows, opens + offset, opens].tolist()
         p = torch.softmax(_causal(head_scores(model, hidden, 2, 1)), -1)[rows, opens]
         out["gather"] = [float(p[i, probe.words[i]].sum()) for i in range(b)]
         found = hidden[WIRED_LAYERS][rows, opens][:, layout.found]
         boxes = (found[:, :4] / found[:, 4:].clamp(min=1e-9)).tolist()
-        out["found"] = [float(_iou(bx, t) >= 0.5) for bx, t in zip(boxes, probe.boxes)]
-        final = _final_states(model, probe)
+        out["found"] = [float(box_iou(bx, t) >= 0.5) for bx, t in zip(boxes, probe.boxes)]
+        final, logits = _final_states(model, probe)
         slots = torch.tensor([probe.slots(i) for i in range(b)])
         f = final[rows.unsqueeze(1), slots][..., layout.sel:layout.sel + 2]  # (B, 4, 2)
         w = model.lm_head.weight[ids][:, layout.sel:layout.sel + 2]  # (C, 2)
         wired = (f @ w.T).argmax(-1)  # (B, 4)
         t = torch.tensor([float(c) for c in coord_tokens])
-        out["readout"] = [float(_iou(t[wired[i]].tolist(), probe.boxes[i]) >= 0.5) for i in range(b)]
-        logits = model(input_ids=probe.input_ids, attention_mask=probe.attention_mask,
-                       pixel_values=probe.pixel_values).logits
+        out["readout"] = [float(box_iou(t[wired[i]].tolist(), probe.boxes[i]) >= 0.5) for i in range(b)]
         own = logits[rows.unsqueeze(1), slots].argmax(-1).tolist()
         out["model"] = [float(all(k in values for k in row) and
-                              _iou([values[k] for k in row], probe.boxes[i]) >= 0.5) for i, row in enumerate(own)]
+                              box_iou([values[k] for k in row], probe.boxes[i]) >= 0.5) for i, row in enumerate(own)]
     return {k: float(np.mean(v)) for k, v in out.items()} | {f"min_{k}": float(np.min(v)) for k, v in out.items()}
