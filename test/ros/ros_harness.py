@@ -62,6 +62,7 @@ class AgentProcess:
         self.cmd = agent_command(model_dir, params, namespace)
         self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
                                      cwd=str(REPO))
+        self._stop_requested = False
 
     def log(self) -> str:
         self._log.flush()
@@ -70,9 +71,15 @@ class AgentProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def request_stop(self) -> None:
+        """Send SIGINT and return at once; :meth:`stop` waits for the exit."""
+        if self.proc.poll() is None and not self._stop_requested:
+            self.proc.send_signal(signal.SIGINT)
+            self._stop_requested = True
+
     def stop(self, timeout: float = 20.0) -> int:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
+            self.request_stop()
             try:
                 self.proc.wait(timeout * TIMEOUT_SCALE)
             except subprocess.TimeoutExpired:

@@ -39,21 +39,24 @@ AGENT_PARAMS = {"generation.max_new_tokens": 6, "frames.wait_s": 0.3, "limits.ma
                 "diagnostics.period_s": 0.2}
 
 
-def counters(client: RosClient) -> dict[str, int]:
-    values = client.diagnostics(NODE)
-    return {k: int(v) for k, v in values.items() if v.lstrip("-").isdigit()}
+def settle(client: RosClient, timeout: float = 30.0, before: dict[str, int] | None = None,
+           arrived: dict[str, int] | None = None) -> dict[str, int]:
+    """Counters once the agent's queues are empty and its worker idle.
 
-
-def settle(client: RosClient, timeout: float = 30.0) -> dict[str, int]:
-    """Counters once the agent's queues are empty and its worker idle."""
+    With ``arrived``, also wait until each named counter has grown by at least that much since ``before``:
+    a message published a moment ago may not have reached the agent yet, and idle queues alone cannot tell.
+    """
     end = time.monotonic() + timeout
     while True:
         values = client.diagnostics(NODE)
         idle = (values["queue.requests"] == "0" and values["queue.detections"] == "0"
                 and values["queue.awaiting_frame"] == "0" and values["worker.busy"] == "False")
+        numbers = {k: int(v) for k, v in values.items() if v.lstrip("-").isdigit()}
+        if arrived:
+            idle = idle and all(delta(before or {}, numbers, key) >= n for key, n in arrived.items())
         if idle or time.monotonic() > end:
-            assert idle, "agent queues did not drain"
-            return {k: int(v) for k, v in values.items() if v.lstrip("-").isdigit()}
+            assert idle, f"agent queues did not drain or messages did not arrive: {arrived}"
+            return numbers
 
 
 def delta(before: dict[str, int], after: dict[str, int], key: str) -> int:
@@ -86,7 +89,7 @@ def test_requests_before_any_frame_fail_with_a_reason(client: RosClient) -> None
 
 def test_malformed_images_are_rejected_and_counted(client: RosClient) -> None:
     send_frame(client, 1)
-    before = counters(client)
+    before = settle(client)
 
     def raw(width: int, height: int, step: int, encoding: str, size: int) -> Image:
         msg = Image(width=width, height=height, step=step, encoding=encoding)
@@ -106,8 +109,7 @@ def test_malformed_images_are_rejected_and_counted(client: RosClient) -> None:
     for msg in bad:
         client.publish("image", msg)
         client.spin_for(0.05)
-    client.spin_for(0.5)
-    after = counters(client)
+    after = settle(client, before=before, arrived={"images.received": len(bad)})
     assert delta(before, after, "images.rejected") == len(bad)
     assert delta(before, after, "images.buffered") == 0
     assert_still_answers(client)
@@ -133,7 +135,7 @@ def test_malformed_detections_are_rejected_or_unmatched_and_counted(client: RosC
     for msg in cases.values():
         client.publish("detections", msg)
         client.spin_for(0.4)  # one at a time: the pending-detections queue holds 2
-    after = settle(client)
+    after = settle(client, before=before, arrived={"detections.received": len(cases)})
     assert delta(before, after, "detections.received") == len(cases)
     assert delta(before, after, "detections.empty") == 1
     assert delta(before, after, "detections.rejected") == 5  # nan, inf, negative, far outside, frame
@@ -172,7 +174,7 @@ def test_bad_clicks_are_rejected(client: RosClient) -> None:
     for msg in (outside, unknown, not_finite):
         client.publish("clicked_point", msg)
         client.spin_for(0.1)
-    after = settle(client)
+    after = settle(client, before=before, arrived={"clicks.received": 3})
     assert delta(before, after, "clicks.rejected") == 3
     assert delta(before, after, "clicks.received") == 3
 
@@ -217,8 +219,7 @@ def test_tasks_and_camera_info_are_checked(client: RosClient) -> None:
     before = settle(client)
     client.publish("task", String(data="t" * 100_000))
     client.publish("camera_info", CameraInfo(width=160, height=120))  # all-zero K: uncalibrated
-    client.spin_for(0.5)
-    after = settle(client)
+    after = settle(client, before=before, arrived={"tasks.received": 1, "camera_info.received": 1})
     assert delta(before, after, "tasks.rejected") == 1
     assert delta(before, after, "camera_info.rejected") == 1
 
