@@ -7,13 +7,15 @@
 # 2. bench_llava7b.jsonl chatspot-bench --preset llava7b (random fp16 7 B, 576 image tokens) on cuda,
 #                        K = 1 4 16: naive (processor + generate per region) vs runtime, identical
 #                        greedy tokens checked in the same run, ceiling, memory-bandwidth fraction
-# 3. onnx_cuda.json      fp32 ONNX of vision tower + projector on onnxruntime's CUDA provider vs torch
+# 3. decoders_llava7b.jsonl the decode loops side by side: dynamic, static, static + torch.compile
+#                        (CUDA graphs), K = 1 and 16, identical greedy ids, KV memory of each
+# 4. onnx_cuda.json      fp32 ONNX of vision tower + projector on onnxruntime's CUDA provider vs torch
 #                        (fp32 and the runtime's fp16), per-frame ms, greedy tokens from both features,
 #                        and what vision_backend "auto" picks
-# 4. summary.json        per step: exit status and seconds
+# 5. summary.json        per step: exit status and seconds
 #
 # Every step has its own time limit, so one that hangs cannot take the others with it; the whole
-# run stays under about 8 minutes on an H100 (the 7 B checkpoint is built once, in $WORK, and
+# run stays under about 13 minutes on an H100 (the 7 B checkpoint is built once, in $WORK, and
 # reused by step 3). Only small JSON and log files are written to $OUT.
 #
 # A smoke run of the script itself on a CPU machine (tiny preset, float32, the CUDA provider then
@@ -78,6 +80,13 @@ PY
 step "bench_$PRESET" 300 "$PYTHON" -m chatspot_ros.cli.bench --preset "$PRESET" --model-cache "$MODEL" \
   --device "$DEVICE" --dtype "$DTYPE" --k 1 4 16 --max-new-tokens 16 --repeats 3 --json \
   >"$OUT/bench_$PRESET.jsonl" 2>"$OUT/bench_$PRESET.log"
+
+# The decode loops side by side (issue #10): the first dynamic loop, the static one eager, and compiled
+# (CUDA graphs); greedy ids checked equal, KV memory per loop. With bench_$PRESET's bandwidth fraction
+# (the runtime's default loop, static + compile on CUDA) and its K=16 speedup over naive generate.
+step "decoders_$PRESET" 300 "$PYTHON" -m chatspot_ros.cli.bench --preset "$PRESET" --model-cache "$MODEL" \
+  --device "$DEVICE" --dtype "$DTYPE" --k 1 16 --max-new-tokens 32 --repeats 3 --json \
+  --decoders dynamic static static+compile >"$OUT/decoders_$PRESET.jsonl" 2>"$OUT/decoders_$PRESET.log"
 
 step onnx_cuda_vs_torch 230 "$PYTHON" - "$MODEL" "$ENGINES" "$OUT/onnx_cuda.json" "$DEVICE" "$DTYPE" \
   <<'PY' 2>"$OUT/onnx_cuda.log"

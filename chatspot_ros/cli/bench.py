@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     parser.add_argument("--frame-size", default="640x480", help="WxH of the synthetic camera frame")
     parser.add_argument("--json", action="store_true", help="one JSON object per config")
+    parser.add_argument("--decoders", nargs="+", choices=DECODER_VARIANTS, default=None,
+                        help="instead of naive vs runtime: the runtime's decode loops side by side on the same "
+                             "frame and prompts (dynamic = the first loop; static; static+compile = torch.compile)")
+    parser.add_argument("--sync-every", type=int, default=8, help="static decoder: steps between host reads")
     from chatspot_ros.remote.cli import add_backend_arguments
 
     add_backend_arguments(parser.add_argument_group("vllm (--backend vllm adds the served engine as a third column)"))
@@ -113,6 +117,92 @@ def _regions(k: int, width: int, height: int, seed: int = 0) -> list[Any]:
         else:
             regions.append(Region.box(x0, y0, x0 + w, y0 + h))
     return regions
+
+
+DECODER_VARIANTS = ("dynamic", "static", "static+compile")
+
+
+@dataclass
+class DecoderRow:
+    """One decode loop at one K, timed in the same run as the others (--decoders)."""
+
+    decoder: str
+    k: int
+    frame_ms: float  # encode + prefill + decode of the K regions
+    decode_ms: float
+    decode_tok_s: float  # tokens of all rows per second of the decode loop
+    speedup: float  # frame_ms of the first --decoders entry / this one
+    identical: bool  # same greedy ids as the first entry
+    kv_mb: float  # KV memory the loop holds for the frame
+    row_kv_mb: float  # of which one row's own part (its suffix and answer; the dynamic loop: also the prefix)
+    warmup_s: float  # the untimed first run (torch.compile happens here)
+
+
+def _dynamic_kv_bytes(runtime: Any, prefix: int, longest: int, k: int, max_new_tokens: int) -> int:
+    """The dynamic loop's buffers: every one of the K rows holds the prefix, its suffix and the answer."""
+    text = runtime.model.config.text_config
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    per_token = 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * runtime.dtype.itemsize
+    return per_token * k * (prefix + longest + max_new_tokens)
+
+
+def bench_decoders(chatspot: Any, frame: np.ndarray, k: int, args: argparse.Namespace) -> list[DecoderRow]:
+    from chatspot_ros.runtime.static_decoder import StaticDecoder
+
+    runtime = chatspot.runtime
+    size = (frame.shape[1], frame.shape[0])
+    prompts = [chatspot.prompt_for(chatspot.builder.ask(QUESTIONS[i % len(QUESTIONS)], [r], size))
+               for i, r in enumerate(_regions(k, *size))]
+    ids = [runtime.tokenize_prompt(p, runtime.num_image_tokens) for p in prompts]
+    prefix = max(i for i, t in enumerate(ids[0]) if t == runtime.image_token_id) + 1
+    longest = max(len(x) for x in ids) - prefix
+    rows: list[DecoderRow] = []
+    first_ids = None
+    for variant in args.decoders:
+        runtime.decoder = None if variant == "dynamic" else StaticDecoder(
+            runtime.lm, runtime.device, runtime.dtype, compile="on" if variant == "static+compile" else "off",
+            sync_every=args.sync_every)
+        start = time.perf_counter()
+        run_runtime(chatspot, frame, prompts, args.max_new_tokens)  # warm-up (and compile)
+        warmup_s = time.perf_counter() - start
+        times, decode, tokens, got = [], [], 0, None
+        for _ in range(args.repeats):
+            generations, ms, _ = run_runtime(chatspot, frame, prompts, args.max_new_tokens)
+            times.append(ms)
+            decode.append(generations[0].decode_ms)
+            tokens = sum(max(0, g.tokens - 1) for g in generations)  # the first token comes from prefill
+            got = [g.token_ids for g in generations]
+        first_ids = first_ids if first_ids is not None else got
+        if runtime.decoder is not None:
+            kv, row_kv = runtime.decoder.last_kv_bytes, runtime.decoder.last_row_kv_bytes
+        else:
+            kv = _dynamic_kv_bytes(runtime, prefix, longest, k, args.max_new_tokens)
+            row_kv = kv // k
+        frame_ms, decode_ms = statistics.median(times), statistics.median(decode)
+        rows.append(DecoderRow(
+            decoder=variant, k=k, frame_ms=round(frame_ms, 2), decode_ms=round(decode_ms, 2),
+            decode_tok_s=round(tokens / (decode_ms / 1e3), 1) if decode_ms > 0 else 0.0,
+            speedup=round((rows[0].frame_ms if rows else frame_ms) / frame_ms, 2), identical=got == first_ids,
+            kv_mb=round(kv / 2**20, 2), row_kv_mb=round(row_kv / 2**20, 3), warmup_s=round(warmup_s, 1)))
+    return rows
+
+
+def _print_decoder_table(rows: Sequence[DecoderRow]) -> None:
+    print(f"{'decoder':<16} {'K':>3} {'frame ms':>10} {'decode ms':>10} {'decode tok/s':>13} {'speedup':>8} "
+          f"{'same':>5} {'KV MB':>8} {'warm-up s':>10}")
+    for r in rows:
+        print(f"{r.decoder:<16} {r.k:>3} {r.frame_ms:>10.1f} {r.decode_ms:>10.1f} {r.decode_tok_s:>13.1f} "
+              f"{r.speedup:>7.2f}x {str(r.identical):>5} {r.kv_mb:>8.2f} {r.warmup_s:>10.1f}")
+    single = {r.decoder: r for r in rows if r.k == 1}
+    dynamic = {r.k: r for r in rows if r.decoder == "dynamic"}
+    for r in rows:  # the static loops' KV at K regions: one region's KV plus K - 1 further suffix rows
+        if r.k > 1 and r.decoder != "dynamic" and r.decoder in single:
+            bound = single[r.decoder].kv_mb + (r.k - 1) * r.row_kv_mb
+            line = (f"# {r.decoder}, K={r.k}: KV {r.kv_mb:.2f} MB = {r.kv_mb / bound:.2f}x (K=1 KV "
+                    f"{single[r.decoder].kv_mb:.2f} MB + {r.k - 1} suffix rows x {r.row_kv_mb:.3f} MB)")
+            if r.k in dynamic:
+                line += f"; the dynamic loop holds {dynamic[r.k].kv_mb:.2f} MB (a prefix copy per row)"
+            print(line)
 
 
 QUESTIONS = ("What is in this region?", "What color is it?", "What is the object doing?",
@@ -360,8 +450,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"chatspot-bench: error: {err}", file=sys.stderr)
             return 2
     try:
-        processor = AutoProcessor.from_pretrained(str(folder), local_files_only=True)
         frame = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+        if args.decoders:
+            decoder_rows = [row for k in args.k for row in bench_decoders(chatspot, frame, k, args)]
+            if args.json:
+                for row in decoder_rows:
+                    print(json.dumps(asdict(row)), flush=True)
+            else:
+                print(f"# {model_name}, device {args.device}, dtype {dtype}, threads {torch.get_num_threads()}, "
+                      f"max_new_tokens {args.max_new_tokens}, median of {args.repeats}, sync every "
+                      f"{args.sync_every}; speedup and 'same' against {args.decoders[0]}")
+                _print_decoder_table(decoder_rows)
+            return 0 if all(r.identical for r in decoder_rows) else 1
+        processor = AutoProcessor.from_pretrained(str(folder), local_files_only=True)
         rows = []
         for k in args.k:
             rows.append(bench_one(chatspot, processor, frame, k, args, model_name, remote))

@@ -20,7 +20,8 @@ from typing import Any, Mapping, Optional
 from chatspot_ros.imaging import ImageLimits
 from chatspot_ros.referring.dialects import DIALECTS
 from chatspot_ros.remote.config import BACKENDS, IMAGE_FORMATS, split_server_url  # pure: no openai
-from chatspot_ros.runtime.config import DEVICE_PATTERN, DTYPES, VISION_BACKENDS  # pure: no torch
+from chatspot_ros.runtime.config import (  # pure: no torch
+    COMPILE_MODES, DECODERS, DEVICE_PATTERN, DTYPES, VISION_BACKENDS)
 
 # "" = the checkpoint's own dialect.
 REFERRING_FORMATS: tuple[str, ...] = ("", *DIALECTS)
@@ -92,6 +93,14 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     P("generation.temperature", 0.0, "Sampling temperature; 0 = greedy.", minimum=0.0, maximum=5.0),
     P("generation.top_p", 1.0, "Nucleus sampling mass (0, 1].", minimum=0.0, maximum=1.0),
     P("generation.seed", -1, "Sampling seed; -1 = unseeded.", minimum=-1, maximum=2**31 - 1),
+    P("generation.decoder", "static", "static: fixed-shape decode loop reading the frame's prefix once "
+      "(Llama family; others fall back, logged); dynamic: the first loop (a prefix copy per region).",
+      when="configure", choices=DECODERS),
+    P("generation.compile", "auto", "torch.compile of the static decode step: auto (on CUDA, with CUDA "
+      "graphs), on, off. The first frame of each batch size compiles (seconds to a minute).",
+      when="configure", choices=COMPILE_MODES),
+    P("generation.sync_every", 8, "Decode steps between host reads of the generated tokens (streaming "
+      "goals read every step).", when="configure", minimum=1, maximum=256),
     # image.*
     P("image.transport", "raw", "raw: sensor_msgs/Image on topics.image; compressed: "
       "sensor_msgs/CompressedImage on <topics.image>/compressed.", when="activate",
@@ -236,6 +245,9 @@ class AgentConfig:
     generation_temperature: float
     generation_top_p: float
     generation_seed: int
+    generation_decoder: str
+    generation_compile: str
+    generation_sync_every: int
     image_transport: str
     image_use_cv_bridge: bool
     image_reduced_decode: bool

@@ -336,6 +336,8 @@ class ChatSpotAgentNode(LifecycleNode):
                 vision_backend=config.vision_backend, engine_dir=config.vision_engine_dir,
                 feature_cache_size=config.model_feature_cache_size,
                 trust_remote_code=config.model_trust_remote_code,
+                decoder=config.generation_decoder, compile=config.generation_compile,
+                sync_every=config.generation_sync_every,
             )
             chatspot = ChatSpot.from_config(runtime_config, **options)
         runtime = chatspot.runtime

@@ -12,6 +12,8 @@ DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?)$")
 DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 VISION_BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "tensorrt", "auto")
 STOP_REASONS: tuple[str, ...] = ("eos", "length", "stop", "cancelled")
+DECODERS: tuple[str, ...] = ("static", "dynamic")  # runtime/static_decoder.py | runtime/generation.py
+COMPILE_MODES: tuple[str, ...] = ("auto", "off", "on")
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,10 @@ class RuntimeConfig:
     feature_cache_size: int = 4  # frames whose image features (and prefix KV) are kept
     trust_remote_code: bool = False
     safetensors_only: bool = True
+    # the decode loop: "static" (fixed shapes, shared prefix read once; Llama family) or "dynamic"
+    decoder: str = "static"
+    compile: str = "auto"  # torch.compile of the static decode step: "auto" (on CUDA), "off", "on"
+    sync_every: int = 8  # decode steps between host reads of the tokens (1 while a caller streams)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model_path, str) or not self.model_path.strip():
@@ -46,6 +52,12 @@ class RuntimeConfig:
             raise ValueError(f"feature_cache_size must be >= 1, got {self.feature_cache_size}")
         if not isinstance(self.engine_dir, str) or not self.engine_dir:
             raise ValueError("engine_dir must be a non-empty path")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
+        if isinstance(self.sync_every, bool) or not isinstance(self.sync_every, int) or self.sync_every < 1:
+            raise ValueError(f"sync_every must be an int >= 1, got {self.sync_every!r}")
 
 
 @dataclass(frozen=True)

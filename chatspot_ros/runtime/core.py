@@ -28,6 +28,7 @@ from chatspot_ros.runtime.config import (
 )
 from chatspot_ros.runtime.errors import ModelError, ModelOutOfMemory, as_model_error
 from chatspot_ros.runtime.generation import LanguageModel, PrefixKV, generate_batch, prefill_prefix
+from chatspot_ros.runtime.static_decoder import StaticDecoder, unsupported
 from chatspot_ros.runtime.loading import TORCH_DTYPES, CheckpointInfo, inspect_checkpoint, load_model
 from chatspot_ros.runtime.vision import ImagePreprocessor, VisionBackend, VisionEncoder
 
@@ -98,6 +99,15 @@ class ChatSpotRuntime:
             pad_token_id=int(pad),
             image_token_id=self.image_token_id,
         )
+        self.decoder: StaticDecoder | None = None
+        if config.decoder == "static":
+            reason = unsupported(self.lm)
+            if reason is None:
+                self.decoder = StaticDecoder(self.lm, self.device, self.dtype, compile=config.compile,
+                                             sync_every=config.sync_every)
+            else:
+                LOGGER.warning("decoder: static requested, but it does not support %s; using the dynamic loop",
+                               reason)
         self.geometry: ImageGeometry = info.geometry  # how the model sees a frame (from the checkpoint)
         self.conversation: ConversationTemplate = get_conversation(info.conversation)
         self._features: OrderedDict[Hashable, FrameFeatures] = OrderedDict()
@@ -271,6 +281,7 @@ class ChatSpotRuntime:
                         prefix_ms=prefix_ms,
                         on_token=row_callback if on_token is not None else None,
                         should_stop=(lambda: bool(_callers(should_stop))) if should_stop is not None else None,
+                        decoder=self.decoder,
                     )
                 for i, out in zip(indices, outputs):
                     results[i] = dataclasses.replace(out, batch=batch)
@@ -300,6 +311,7 @@ class ChatSpotRuntime:
             self.backend = None  # type: ignore[assignment]
             self.model = None
             self.lm = None  # type: ignore[assignment]
+            self.decoder = None
             gc.collect()
             if self.device.type == "cuda" and torch.cuda.is_available():
                 torch.cuda.empty_cache()

@@ -16,12 +16,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from chatspot_ros.runtime.config import Generation, GenerationConfig
+
+if TYPE_CHECKING:
+    from chatspot_ros.runtime.static_decoder import StaticDecoder
 
 PrefixKV = tuple[tuple[torch.Tensor, torch.Tensor], ...]  # per layer (keys, values): (1, H, P, hd)
 
@@ -182,48 +186,101 @@ def select_next(logits: torch.Tensor, gen: GenerationConfig, generator: torch.Ge
     return sample.to(logits.device)
 
 
+class IncrementalText:
+    """The text of a growing token list, decoding only its tail at each token.
+
+    Decoding the whole answer again at every token costs O(n^2) over an answer. Instead the last
+    two read offsets are kept (as vLLM and TGI do): the window from the older one is decoded with
+    and without the new tokens, and the difference is the new text. The window starts on a token
+    boundary both times, so a tokenizer's leading-space rule cancels out; an incomplete UTF-8
+    sequence ("\ufffd" at the end) waits for its next token. ``text`` equals
+    ``decode(ids)`` (test_generation.py checks it on the project's tokenizers).
+    """
+
+    def __init__(self, decode: Callable[[list[int]], str]) -> None:
+        self._decode = decode
+        self.ids: list[int] = []
+        self.text = ""
+        self._prefix = 0  # window start
+        self._read = 0  # ids already in ``text``
+
+    def append(self, token: int) -> str:
+        """Add one token; returns the text added (possibly empty)."""
+        self.ids.append(token)
+        before = self._decode(self.ids[self._prefix:self._read])
+        after = self._decode(self.ids[self._prefix:])
+        if len(after) <= len(before) or after.endswith("\ufffd") or not after.startswith(before):
+            return ""
+        added = after[len(before):]
+        self.text += added
+        self._prefix, self._read = self._read, len(self.ids)
+        return added
+
+    def flush(self) -> str:
+        """The exact text of every id, pending bytes included (called once, when the answer ends)."""
+        if self._read < len(self.ids):
+            self.text = self._decode(self.ids)
+            self._prefix = self._read = len(self.ids)
+        return self.text
+
+
 class _Row:
     """Book-keeping of one prompt while its batch decodes."""
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, decode_text: Callable[[list[int]], str]) -> None:
         self.index = index
-        self.ids: list[int] = []
+        self._text = IncrementalText(decode_text)
         self.text = ""
         self.stopped = ""
+
+    @property
+    def ids(self) -> list[int]:
+        return self._text.ids
+
+    def take(self, token: int, eos_token_ids: frozenset[int], gen: GenerationConfig,
+             on_token: Callable[[int, str], None] | None) -> bool:
+        """Append one generated token; False once this row has finished (eos, stop string, length)."""
+        if token in eos_token_ids:
+            self.stopped = "eos"
+            self.text = self._text.flush()
+            return False
+        previous = len(self.text)  # the text so far held no stop string
+        self._text.append(token)
+        if len(self.ids) >= gen.max_new_tokens:
+            self.stopped = "length"
+            text = self._text.flush()
+        else:
+            text = self._text.text
+        cut = -1
+        if gen.stop and len(text) > previous:  # a stop string can only end in the new text
+            cut = _earliest_stop(text, gen.stop, max(0, previous - max(len(s) for s in gen.stop) + 1))
+        if cut >= 0:
+            self.text, self.stopped = text[:cut], "stop"
+        else:
+            self.text = text
+        if on_token is not None:
+            on_token(self.index, self.text)
+        return not self.stopped
+
+    def finish(self, reason: str) -> None:
+        """End a row still decoding (cancelled, or out of steps) with the exact text of its ids."""
+        self.stopped = reason
+        self.text = self._text.flush()
 
 
 def _take_tokens(
     active: Sequence[_Row],
     tokens: Sequence[int],
     eos_token_ids: frozenset[int],
-    decode_text: Callable[[list[int]], str],
     gen: GenerationConfig,
     on_token: Callable[[int, str], None] | None,
 ) -> list[int]:
     """Append each active row's new token (one per row, in batch order); the batch indices still decoding."""
-    keep: list[int] = []
-    for batch_index, (row, token) in enumerate(zip(active, tokens)):
-        if token in eos_token_ids:
-            row.stopped = "eos"
-            continue
-        row.ids.append(token)
-        text = decode_text(row.ids)
-        cut = _earliest_stop(text, gen.stop) if gen.stop else -1
-        if cut >= 0:
-            row.text, row.stopped = text[:cut], "stop"
-        else:
-            row.text = text
-            if len(row.ids) >= gen.max_new_tokens:
-                row.stopped = "length"
-            else:
-                keep.append(batch_index)
-        if on_token is not None:
-            on_token(row.index, row.text)
-    return keep
+    return [i for i, (row, token) in enumerate(zip(active, tokens)) if row.take(token, eos_token_ids, gen, on_token)]
 
 
-def _earliest_stop(text: str, stops: Sequence[str]) -> int:
-    hits = [text.find(s) for s in stops]
+def _earliest_stop(text: str, stops: Sequence[str], start: int = 0) -> int:
+    hits = [text.find(s, start) for s in stops]
     hits = [h for h in hits if h >= 0]
     return min(hits) if hits else -1
 
@@ -240,8 +297,13 @@ def generate_batch(
     prefix_ms: float = 0.0,
     on_token: Callable[[int, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    decoder: StaticDecoder | None = None,
 ) -> list[Generation]:
-    """Decode every suffix on top of the shared prefix; one Generation per suffix, in order."""
+    """Decode every suffix on top of the shared prefix; one Generation per suffix, in order.
+
+    With ``decoder`` the static loop (static_decoder.py) runs; without, this module's dynamic one.
+    Both give the same tokens (test_parity.py) and the same row book-keeping.
+    """
     if not suffixes:
         return []
     if any(len(s) == 0 for s in suffixes):
@@ -250,26 +312,52 @@ def generate_batch(
     if not gen.greedy:
         generator = torch.Generator(device="cpu")
         generator.manual_seed(gen.seed if gen.seed is not None else int(torch.seed() % (2**63)))
-    rows = [_Row(i) for i in range(len(suffixes))]
-    sync = _synchronizer(lm.lm_head.weight.device)
+    rows = [_Row(i, decode_text) for i in range(len(suffixes))]
+    if decoder is not None:
+        prefill_ms, decode_ms = decoder.generate(
+            prefix_kv, prefix_len, suffixes, gen, rows, lambda logits: select_next(logits, gen, generator),
+            on_token=on_token, should_stop=should_stop)
+        prefill_ms += prefix_ms
+    else:
+        prefill_ms, decode_ms = _dynamic_loop(lm, prefix_kv, prefix_len, suffixes, gen, rows, generator,
+                                              on_token, should_stop)
+        prefill_ms += prefix_ms
+    return [
+        Generation(
+            text=row.text,
+            tokens=len(row.ids),
+            prefill_ms=prefill_ms,
+            decode_ms=decode_ms,
+            stopped=row.stopped,
+            token_ids=tuple(row.ids),
+        )
+        for row in rows
+    ]
 
+
+def _dynamic_loop(lm: LanguageModel, prefix_kv: PrefixKV, prefix_len: int, suffixes: Sequence[Sequence[int]],
+                  gen: GenerationConfig, rows: list[_Row], generator: torch.Generator | None,
+                  on_token: Callable[[int, str], None] | None,
+                  should_stop: Callable[[], bool] | None) -> tuple[float, float]:
+    """The first decode loop: K copies of the prefix, finished rows compacted, a host read per token."""
+    sync = _synchronizer(lm.lm_head.weight.device)
     start = time.perf_counter()
     capacity = prefix_len + max(len(s) for s in suffixes) + gen.max_new_tokens
     cache = _batch_cache(prefix_kv, len(suffixes), lm.text_config, capacity)
     logits, mask, positions = prefill_suffixes(lm, cache, prefix_len, suffixes)
     next_ids = select_next(logits, gen, generator)  # (K,)
     sync()
-    prefill_ms = prefix_ms + (time.perf_counter() - start) * 1e3
+    prefill_ms = (time.perf_counter() - start) * 1e3
 
     start = time.perf_counter()
     active = list(rows)  # rows still decoding, in batch order
     for step in range(gen.max_new_tokens):
         if should_stop is not None and should_stop():
             for row in active:
-                row.stopped = "cancelled"
+                row.finish("cancelled")
             active = []
             break
-        keep = _take_tokens(active, next_ids.tolist(), lm.eos_token_ids, decode_text, gen, on_token)
+        keep = _take_tokens(active, next_ids.tolist(), lm.eos_token_ids, gen, on_token)
         if len(keep) == 0:
             active = []
             break
@@ -283,20 +371,10 @@ def generate_batch(
         positions = positions + 1
         next_ids = select_next(logits, gen, generator)
     for row in active:  # loop ran out (max_new_tokens reached before a check)
-        row.stopped = row.stopped or "length"
+        if not row.stopped:
+            row.finish("length")
     sync()
-    decode_ms = (time.perf_counter() - start) * 1e3
-    return [
-        Generation(
-            text=row.text,
-            tokens=len(row.ids),
-            prefill_ms=prefill_ms,
-            decode_ms=decode_ms,
-            stopped=row.stopped,
-            token_ids=tuple(row.ids),
-        )
-        for row in rows
-    ]
+    return prefill_ms, (time.perf_counter() - start) * 1e3
 
 
 def _synchronizer(device: torch.device) -> Callable[[], None]:

@@ -87,6 +87,18 @@ def test_bench_reports_identical_outputs(tiny_model_dir, capsys) -> None:
         assert row["ceiling"] >= 1.0 and row["prefix_tokens"] > 64
 
 
+def test_bench_compares_the_decode_loops(tiny_model_dir, capsys) -> None:
+    code = bench.main(["--model", str(tiny_model_dir), "--k", "1", "3", "--repeats", "1", "--max-new-tokens", "4",
+                       "--frame-size", "160x120", "--decoders", "dynamic", "static"])
+    out = capsys.readouterr().out
+    assert code == 0
+    table = [line.split() for line in out.splitlines() if line.startswith(("dynamic ", "static "))]
+    assert [(row[0], row[1], row[6]) for row in table] == [
+        ("dynamic", "1", "True"), ("static", "1", "True"), ("dynamic", "3", "True"), ("static", "3", "True")]
+    (kv_line,) = [line for line in out.splitlines() if line.startswith("# static, K=3: KV")]
+    assert "the dynamic loop holds" in kv_line
+
+
 def test_build_engine_onnx_only(tiny_model_dir, engine_dir, capsys) -> None:
     assert build_engine.main(["--model", str(tiny_model_dir), "--engine-dir", str(engine_dir), "--onnx-only",
                               "--device", "cpu"]) == 0
