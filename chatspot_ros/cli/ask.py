@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from chatspot_ros.remote.cli import add_backend_arguments, server_config_from_args
-from chatspot_ros.runtime.config import DTYPES, VISION_BACKENDS
+from chatspot_ros.runtime.config import DTYPES, QUANTIZATIONS, VISION_BACKENDS
 
 
 def _numbers(text: str, count: int, what: str) -> list[float]:
@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vision-backend", default="torch", choices=VISION_BACKENDS)
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     parser.add_argument("--dtype", default=None, choices=DTYPES, help="default: float32 on cpu, float16 on cuda")
+    parser.add_argument("--quantization", default="none", choices=QUANTIZATIONS,
+                        help="weight-only quantization of the LLM (torchao): int8, int4 (CUDA)")
     parser.add_argument("--engine-dir", default="engines")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -113,7 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                             templates=templates)
         else:
             config = RuntimeConfig(model_path=args.model, device=args.device, dtype=dtype,
-                                   vision_backend=args.vision_backend, engine_dir=args.engine_dir)
+                                   vision_backend=args.vision_backend, engine_dir=args.engine_dir,
+                                   quantization=args.quantization)
             chatspot = ChatSpot.from_config(config, dialect=args.dialect, templates=templates)
         size = (frame.shape[1], frame.shape[0])
         regions = [[r] for r in args.regions] if args.regions else [[]]

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from chatspot_ros.runtime.config import DTYPES, VISION_BACKENDS
+from chatspot_ros.runtime.config import DTYPES, QUANTIZATIONS, VISION_BACKENDS
 from chatspot_ros.runtime.vision import CHANNELS_LAST
 
 
@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per config (median reported)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, choices=DTYPES, help="default float32 on cpu, float16 on cuda")
+    parser.add_argument("--quantization", default="none", choices=QUANTIZATIONS,
+                        help="weight-only quantization of the LLM (torchao): int8, int4 (CUDA)")
     parser.add_argument("--vision-backend", default="torch", choices=VISION_BACKENDS)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     parser.add_argument("--frame-size", default="640x480", help="WxH of the synthetic camera frame")
@@ -435,7 +437,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             server_config = server_config_from_args(args, str(folder))
         chatspot = ChatSpot.from_config(RuntimeConfig(model_path=str(folder), device=args.device, dtype=dtype,
-                                                      vision_backend=args.vision_backend))
+                                                      vision_backend=args.vision_backend,
+                                                      quantization=args.quantization))
     except (FileNotFoundError, ValueError, ImportError, RuntimeError) as err:
         print(f"chatspot-bench: error: {err}", file=sys.stderr)
         return 2

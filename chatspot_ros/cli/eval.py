@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from chatspot_ros.remote.cli import add_backend_arguments, server_config_from_args
-from chatspot_ros.runtime.config import DTYPES, VISION_BACKENDS
+from chatspot_ros.runtime.config import DTYPES, QUANTIZATIONS, VISION_BACKENDS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--format", dest="dialect", default=None, help="coordinate dialect (default: the checkpoint's)")
     model.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     model.add_argument("--dtype", default=None, choices=DTYPES, help="default: float32 on cpu, float16 on cuda")
+    model.add_argument("--quantization", default="none", choices=QUANTIZATIONS,
+                        help="weight-only quantization of the LLM (torchao): int8, int4 (CUDA)")
     model.add_argument("--vision-backend", default="torch", choices=VISION_BACKENDS)
     model.add_argument("--engine-dir", default="engines")
     model.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -124,7 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             chatspot = ChatSpot.from_config(RuntimeConfig(model_path=str(args.model), device=args.device,
                                                           dtype=dtype, vision_backend=args.vision_backend,
-                                                          engine_dir=args.engine_dir), dialect=args.dialect)
+                                                          engine_dir=args.engine_dir,
+                                                          quantization=args.quantization), dialect=args.dialect)
         metrics = evaluate(chatspot, config, command=command)
     except KeyboardInterrupt:
         print(f"chatspot-eval: interrupted; continue with --resume --out {args.out}", file=sys.stderr)

@@ -21,7 +21,7 @@ from chatspot_ros.imaging import ImageLimits
 from chatspot_ros.referring.dialects import DIALECTS
 from chatspot_ros.remote.config import BACKENDS, IMAGE_FORMATS, split_server_url  # pure: no openai
 from chatspot_ros.runtime.config import (  # pure: no torch
-    COMPILE_MODES, DECODERS, DEVICE_PATTERN, DTYPES, VISION_BACKENDS)
+    COMPILE_MODES, DECODERS, DEVICE_PATTERN, DTYPES, QUANTIZATIONS, VISION_BACKENDS)
 
 # "" = the checkpoint's own dialect.
 REFERRING_FORMATS: tuple[str, ...] = ("", *DIALECTS)
@@ -53,6 +53,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     P("model.path", "", "Local checkpoint folder (llava-hf layout). Empty: the shipped tabletop demo model (logged loudly; it knows only the synthetic tabletop world).", when="configure"),
     P("model.dtype", "float32", "Weights dtype.", when="configure", choices=DTYPES),
     P("model.device", "cpu", "Torch device: cpu, cuda or cuda:N.", when="configure"),
+    P("model.quantization", "none", "Weight-only quantization of the LLM's linear layers (torchao): int8 "
+      "(any device), int4 (CUDA), for boards where fp16 weights do not fit.", when="configure",
+      choices=QUANTIZATIONS),
     P("model.trust_remote_code", False, "Allow code shipped with the checkpoint to run.",
       when="configure"),
     P("model.feature_cache_size", 4, "Frames whose image features (and prefix KV) stay cached.",
@@ -225,6 +228,7 @@ class AgentConfig:
     model_path: str
     model_dtype: str
     model_device: str
+    model_quantization: str
     model_trust_remote_code: bool
     model_feature_cache_size: int
     model_backend: str

@@ -337,7 +337,7 @@ class ChatSpotAgentNode(LifecycleNode):
                 feature_cache_size=config.model_feature_cache_size,
                 trust_remote_code=config.model_trust_remote_code,
                 decoder=config.generation_decoder, compile=config.generation_compile,
-                sync_every=config.generation_sync_every,
+                sync_every=config.generation_sync_every, quantization=config.model_quantization,
             )
             chatspot = ChatSpot.from_config(runtime_config, **options)
         runtime = chatspot.runtime

@@ -14,6 +14,7 @@ VISION_BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "tensorrt", "auto")
 STOP_REASONS: tuple[str, ...] = ("eos", "length", "stop", "cancelled")
 DECODERS: tuple[str, ...] = ("static", "dynamic")  # runtime/static_decoder.py | runtime/generation.py
 COMPILE_MODES: tuple[str, ...] = ("auto", "off", "on")
+QUANTIZATIONS: tuple[str, ...] = ("none", "int8", "int4")  # weight-only, the LLM's linear layers (torchao)
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class RuntimeConfig:
     decoder: str = "static"
     compile: str = "auto"  # torch.compile of the static decode step: "auto" (on CUDA), "off", "on"
     sync_every: int = 8  # decode steps between host reads of the tokens (1 while a caller streams)
+    quantization: str = "none"  # weight-only "int8" (any device) or "int4" (CUDA) of the LLM, torchao
 
     def __post_init__(self) -> None:
         if not isinstance(self.model_path, str) or not self.model_path.strip():
@@ -56,6 +58,8 @@ class RuntimeConfig:
             raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
         if self.compile not in COMPILE_MODES:
             raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
         if isinstance(self.sync_every, bool) or not isinstance(self.sync_every, int) or self.sync_every < 1:
             raise ValueError(f"sync_every must be an int >= 1, got {self.sync_every!r}")
 

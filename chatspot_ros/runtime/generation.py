@@ -194,7 +194,7 @@ class IncrementalText:
     and without the new tokens, and the difference is the new text. The window starts on a token
     boundary both times, so a tokenizer's leading-space rule cancels out; an incomplete UTF-8
     sequence ("\ufffd" at the end) waits for its next token. ``text`` equals
-    ``decode(ids)`` (test_generation.py checks it on the project's tokenizers).
+    ``decode(ids)`` (test_static_decoder.py checks it on the tiny checkpoint's tokenizer).
     """
 
     def __init__(self, decode: Callable[[list[int]], str]) -> None:

@@ -247,6 +247,49 @@ def _projector_tensors(weight_files: tuple[Path, ...]) -> dict[str, torch.Tensor
     return found
 
 
+def _quiet_torchao_import() -> None:
+    """transformers imports torchao (when installed) in every from_pretrained; on a machine without
+    its CUDA kernels, torchao then warns about each kernel library it cannot load, and registers a
+    pytree type torch calls deprecated. Neither concerns a user; both are silenced unless the
+    application configured those loggers itself."""
+    for name in ("torchao", "torchao.kernel.intmm", "torch.utils._pytree"):
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.ERROR)
+
+
+_quiet_torchao_import()
+
+
+def quantize_language_model(model: Any, mode: str) -> int:
+    """Weight-only int8 (any device) or int4 (CUDA) of the LLM's linear layers, with torchao.
+
+    For 8-16 GB boards where a 7B model in fp16 (13.5 GB of weights) does not fit. The vision tower
+    and projector stay in the model's dtype (small, and the regions' features are read from them).
+    The LM head is quantized too: it is 260 MB of a 7B model's weights. Returns the layers quantized.
+    """
+    try:
+        from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
+    except ImportError as exc:
+        raise ValueError(f"quantization {mode!r} needs torchao (pip install torchao): {exc}") from exc
+    device = next(model.parameters()).device
+    if mode == "int4" and device.type != "cuda":
+        raise ValueError("quantization 'int4' needs a CUDA device (torchao's int4 kernels); use 'int8' on the CPU")
+    config = Int8WeightOnlyConfig() if mode == "int8" else Int4WeightOnlyConfig(group_size=128)
+    count = 0
+
+    def is_linear(module: torch.nn.Module, _fqn: str) -> bool:
+        nonlocal count
+        hit = isinstance(module, torch.nn.Linear)
+        count += hit
+        return hit
+
+    quantize_(model.model.language_model, config, filter_fn=is_linear)
+    quantize_(model.lm_head, config, filter_fn=is_linear)
+    LOGGER.info("quantized %d linear layers of the language model to %s weights (torchao)", count, mode)
+    return count
+
+
 def load_model(info: CheckpointInfo, config: RuntimeConfig) -> tuple[Any, Any, Any]:
     """(model, tokenizer, image processor), the model on the device in eval mode."""
     from transformers import AutoImageProcessor, AutoTokenizer, LlavaForConditionalGeneration
@@ -288,6 +331,8 @@ def load_model(info: CheckpointInfo, config: RuntimeConfig) -> tuple[Any, Any, A
         load_projector_strict(projector, tensors, str(info.path))  # every key, every shape
         model.model.multi_modal_projector = projector.to(dtype)
     model = model.to(device).eval()
+    if config.quantization != "none":
+        quantize_language_model(model, config.quantization)
 
     tokenizer = AutoTokenizer.from_pretrained(
         str(info.path), local_files_only=True, trust_remote_code=config.trust_remote_code

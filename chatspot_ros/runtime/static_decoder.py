@@ -31,14 +31,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from chatspot_ros.runtime.config import COMPILE_MODES, GenerationConfig
 
 LOGGER = logging.getLogger("chatspot_ros.runtime.decoder")
 PREFIX_BUCKET = 64  # capacities are rounded up to these, so nearby lengths share one compiled step
 SUFFIX_BUCKET = 32
-MAX_BUCKETS = 2  # buffer sets kept (each holds B rows of KV; a 7B K=16 set is about 1.3 GB)
+MAX_BUCKETS = 4  # buffer sets kept (a 7B set for 16 rows, 640 prefix and 128 suffix slots: about 1.3 GB)
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 
@@ -57,6 +56,19 @@ def unsupported(lm: Any) -> str | None:
     if not hasattr(lm.decoder, "rotary_emb"):
         return "no rotary embedding module"
     return None
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Llama's rotary embedding (the half-split convention of its HF checkpoints): q, k (B, H, T, hd),
+    cos, sin (B, T, hd) from the checkpoint's own rotary module."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
 
 
 def cascade_attention(q: torch.Tensor, prefix_k: torch.Tensor, prefix_v: torch.Tensor, prefix_mask: torch.Tensor,
@@ -158,7 +170,7 @@ class StaticStep(torch.nn.Module):
             q = attn.q_proj(h).view(rows, tokens, -1, self.head_dim).transpose(1, 2)  # (B, Hq, T, hd)
             k = attn.k_proj(h).view(rows, tokens, -1, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
             v = attn.v_proj(h).view(rows, tokens, -1, self.head_dim).transpose(1, 2)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            q, k = apply_rotary(q, k, cos, sin)
             self.suffix_k[i].index_copy_(2, slots, k.to(self.suffix_k.dtype))
             self.suffix_v[i].index_copy_(2, slots, v.to(self.suffix_v.dtype))
             o = cascade_attention(q.reshape(rows, self.heads, self.groups, tokens, self.head_dim),
@@ -206,7 +218,10 @@ class StaticDecoder:
         return self._use_compile
 
     def _bucket(self, batch: int, prefix_len: int, suffix_len: int) -> tuple[tuple[int, int, int], StaticStep]:
-        key = (batch, _round_up(prefix_len, PREFIX_BUCKET), _round_up(suffix_len, SUFFIX_BUCKET))
+        """Rows rounded up to a power of two, capacities to their buckets: a node whose detection
+        count varies frame to frame reuses a few compiled steps instead of compiling one per K."""
+        rows = 1 << max(0, batch - 1).bit_length()
+        key = (rows, _round_up(prefix_len, PREFIX_BUCKET), _round_up(suffix_len, SUFFIX_BUCKET))
         step = self._steps.get(key)
         if step is None:
             while len(self._steps) >= MAX_BUCKETS:
@@ -253,10 +268,12 @@ class StaticDecoder:
                  on_token: Callable[[int, str], None] | None = None,
                  should_stop: Callable[[], bool] | None = None) -> tuple[float, float]:
         """Decode into ``rows`` (generation._Row, one per suffix); returns (prefill ms, decode ms)."""
-        batch, longest = len(suffixes), max(len(s) for s in suffixes)
+        longest = max(len(s) for s in suffixes)
         sync = (lambda: torch.cuda.synchronize(self.device)) if self.device.type == "cuda" else (lambda: None)
         start = time.perf_counter()
-        key, step = self._bucket(batch, prefix_len, longest + gen.max_new_tokens)
+        key, step = self._bucket(len(suffixes), prefix_len, longest + gen.max_new_tokens)
+        batch = key[0]  # the bucket's rows; those past the K suffixes repeat the first and are never read
+        suffixes = list(suffixes) + [suffixes[0]] * (batch - len(suffixes))
         self.last_kv_bytes, self.last_row_kv_bytes = step.kv_bytes, step.row_kv_bytes
         step.load_prefix(prefix_kv, prefix_len)
         ids = torch.full((batch, longest), self.lm.pad_token_id, dtype=torch.long)  # (B, L), left-padded
@@ -278,7 +295,7 @@ class StaticDecoder:
         every = 1 if on_token is not None else self.sync_every
         generated = torch.empty((batch, gen.max_new_tokens), dtype=torch.long, device=self.device)
         done = torch.zeros(batch, dtype=torch.bool, device=self.device)
-        running = list(range(batch))
+        running = list(range(len(rows)))
         read = 0  # tokens the host has taken
 
         def drain(upto: int) -> None:  # the host's one wait per block of tokens
@@ -303,7 +320,7 @@ class StaticDecoder:
             done |= torch.isin(next_ids, self.eos)
             if t + 1 - read >= every or t == gen.max_new_tokens - 1:
                 drain(t + 1)
-                if not running or bool(done.all()):
+                if not running or bool(done[:len(rows)].all()):
                     break
             if t == gen.max_new_tokens - 1:
                 break
