@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--decoders", nargs="+", choices=DECODER_VARIANTS, default=None,
                         help="instead of naive vs runtime: the runtime's decode loops side by side on the same "
                              "frame and prompts (dynamic = the first loop; static; static+compile = torch.compile)")
-    parser.add_argument("--sync-every", type=int, default=8, help="static decoder: steps between host reads")
+    parser.add_argument("--sync-every", type=int, default=0,
+                        help="static decoder: steps between host reads (0: auto, 8 on CUDA, 1 on the CPU)")
     from chatspot_ros.remote.cli import add_backend_arguments
 
     add_backend_arguments(parser.add_argument_group("vllm (--backend vllm adds the served engine as a third column)"))

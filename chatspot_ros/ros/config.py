@@ -96,14 +96,15 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     P("generation.temperature", 0.0, "Sampling temperature; 0 = greedy.", minimum=0.0, maximum=5.0),
     P("generation.top_p", 1.0, "Nucleus sampling mass (0, 1].", minimum=0.0, maximum=1.0),
     P("generation.seed", -1, "Sampling seed; -1 = unseeded.", minimum=-1, maximum=2**31 - 1),
-    P("generation.decoder", "static", "static: fixed-shape decode loop reading the frame's prefix once "
-      "(Llama family; others fall back, logged); dynamic: the first loop (a prefix copy per region).",
+    P("generation.decoder", "auto", "static: fixed-shape decode loop reading the frame's prefix once "
+      "(Llama family; others fall back, logged); dynamic: the first loop (a prefix copy per region, "
+      "finished rows dropped; faster on the CPU for short answers); auto: static on CUDA, dynamic on the CPU.",
       when="configure", choices=DECODERS),
     P("generation.compile", "auto", "torch.compile of the static decode step: auto (on CUDA, with CUDA "
       "graphs), on, off. The first frame of each batch size compiles (seconds to a minute).",
       when="configure", choices=COMPILE_MODES),
-    P("generation.sync_every", 8, "Decode steps between host reads of the generated tokens (streaming "
-      "goals read every step).", when="configure", minimum=1, maximum=256),
+    P("generation.sync_every", 0, "Decode steps between host reads of the generated tokens; 0: auto "
+      "(8 on CUDA, every step on the CPU; streaming goals read every step).", when="configure", minimum=0, maximum=256),
     # image.*
     P("image.transport", "raw", "raw: sensor_msgs/Image on topics.image; compressed: "
       "sensor_msgs/CompressedImage on <topics.image>/compressed.", when="activate",

@@ -12,7 +12,7 @@ DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d+)?)$")
 DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
 VISION_BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "tensorrt", "auto")
 STOP_REASONS: tuple[str, ...] = ("eos", "length", "stop", "cancelled")
-DECODERS: tuple[str, ...] = ("static", "dynamic")  # runtime/static_decoder.py | runtime/generation.py
+DECODERS: tuple[str, ...] = ("auto", "static", "dynamic")  # auto: static on CUDA, dynamic on the CPU
 COMPILE_MODES: tuple[str, ...] = ("auto", "off", "on")
 QUANTIZATIONS: tuple[str, ...] = ("none", "int8", "int4")  # weight-only, the LLM's linear layers (torchao)
 
@@ -29,10 +29,11 @@ class RuntimeConfig:
     feature_cache_size: int = 4  # frames whose image features (and prefix KV) are kept
     trust_remote_code: bool = False
     safetensors_only: bool = True
-    # the decode loop: "static" (fixed shapes, shared prefix read once; Llama family) or "dynamic"
-    decoder: str = "static"
+    # the decode loop: "static" (fixed shapes, shared prefix read once; Llama family), "dynamic" (the
+    # first loop: finished rows compacted, faster on the CPU for short answers), "auto" (static on CUDA)
+    decoder: str = "auto"
     compile: str = "auto"  # torch.compile of the static decode step: "auto" (on CUDA), "off", "on"
-    sync_every: int = 8  # decode steps between host reads of the tokens (1 while a caller streams)
+    sync_every: int = 0  # decode steps between host reads of the tokens; 0: auto (8 on CUDA, 1 on the CPU)
     quantization: str = "none"  # weight-only "int8" (any device) or "int4" (CUDA) of the LLM, torchao
 
     def __post_init__(self) -> None:
@@ -60,8 +61,8 @@ class RuntimeConfig:
             raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
         if self.quantization not in QUANTIZATIONS:
             raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
-        if isinstance(self.sync_every, bool) or not isinstance(self.sync_every, int) or self.sync_every < 1:
-            raise ValueError(f"sync_every must be an int >= 1, got {self.sync_every!r}")
+        if isinstance(self.sync_every, bool) or not isinstance(self.sync_every, int) or self.sync_every < 0:
+            raise ValueError(f"sync_every must be an int >= 0 (0: auto), got {self.sync_every!r}")
 
 
 @dataclass(frozen=True)

@@ -100,7 +100,8 @@ class ChatSpotRuntime:
             image_token_id=self.image_token_id,
         )
         self.decoder: StaticDecoder | None = None
-        if config.decoder == "static":
+        use_static = config.decoder == "static" or (config.decoder == "auto" and self.device.type == "cuda")
+        if use_static:
             reason = unsupported(self.lm)
             if reason is None:
                 self.decoder = StaticDecoder(self.lm, self.device, self.dtype, compile=config.compile,

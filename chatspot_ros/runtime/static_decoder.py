@@ -12,8 +12,9 @@ per token and waits for the host after every token. Here:
 * **Cascade attention** (Hydragen): each layer's queries of all rows attend to the one shared
   prefix copy in a single matmul, and to their own suffix rows separately; the two softmax parts
   merge exactly through their log-sum-exps. The prefix is read once per step, not K times.
-* **Few host waits.** Tokens and end-of-sequence flags stay on the device; the host reads them
-  every ``sync_every`` steps (every step only when a caller streams tokens).
+* **Few host waits.** Tokens and end-of-sequence flags stay on the device; on CUDA the host reads
+  them every ``sync_every`` steps (auto: 8 on CUDA, 1 on the CPU where a read costs nothing; every
+  step while a caller streams tokens).
 
 The transformer blocks themselves are the checkpoint's own modules (norms, projections, MLP,
 rotary embedding), so Llama-family models (Llama, Vicuna, Mistral, Qwen2 without sliding window)
@@ -38,6 +39,7 @@ LOGGER = logging.getLogger("chatspot_ros.runtime.decoder")
 PREFIX_BUCKET = 64  # capacities are rounded up to these, so nearby lengths share one compiled step
 SUFFIX_BUCKET = 32
 MAX_BUCKETS = 4  # buffer sets kept (a 7B set for 16 rows, 640 prefix and 128 suffix slots: about 1.3 GB)
+AUTO_SYNC_EVERY = 8  # CUDA: decode steps between host reads when sync_every is 0 (auto)
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 
@@ -190,19 +192,23 @@ def _round_up(n: int, multiple: int) -> int:
 class StaticDecoder:
     """Decodes a frame's region suffixes on buffers sized per bucket; see the module docstring.
 
-    ``compile``: "off" (eager), "on" (``torch.compile`` of the decode step; a failure raises), or
+    ``sync_every``: decode steps between host reads (0: auto). ``compile``: "off" (eager), "on" (``torch.compile`` of the decode step; a failure raises), or
     "auto" (compiled on CUDA, eager on the CPU; a failed compile logs and falls back to eager).
     """
 
     def __init__(self, lm: Any, device: torch.device, dtype: torch.dtype, *, compile: str = "auto",
-                 sync_every: int = 8) -> None:
+                 sync_every: int = 0) -> None:
         if compile not in COMPILE_MODES:
             raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {compile!r}")
-        if sync_every < 1:
-            raise ValueError(f"sync_every must be >= 1, got {sync_every}")
+        if sync_every < 0:
+            raise ValueError(f"sync_every must be >= 0 (0: auto), got {sync_every}")
         reason = unsupported(lm)
         if reason is not None:
             raise ValueError(f"the static decoder does not support {reason}")
+        # 0 (auto): every step on the CPU, where reading the tokens costs nothing and a batch whose rows
+        # have all ended stops at once; every AUTO_SYNC_EVERY steps on CUDA
+        if sync_every == 0:
+            sync_every = 1 if device.type == "cpu" else AUTO_SYNC_EVERY
         self.lm, self.device, self.dtype, self.sync_every = lm, device, dtype, sync_every
         self.compile_mode = compile
         self._use_compile = compile == "on" or (compile == "auto" and device.type == "cuda")
@@ -212,10 +218,6 @@ class StaticDecoder:
         self.eos = torch.tensor(sorted(lm.eos_token_ids), device=device, dtype=torch.long)
         self.last_kv_bytes = 0  # the buffers of the last generate call (bench figures)
         self.last_row_kv_bytes = 0
-
-    @property
-    def compiled(self) -> bool:
-        return self._use_compile
 
     def _bucket(self, batch: int, prefix_len: int, suffix_len: int) -> tuple[tuple[int, int, int], StaticStep]:
         """Rows rounded up to a power of two, capacities to their buckets: a node whose detection

@@ -5,6 +5,7 @@ import pytest
 from runtime_reference import QUESTIONS, hf_generate, make_frame, processor_for, prompt
 
 from chatspot_ros.runtime import ChatSpotRuntime, GenerationConfig, RuntimeConfig
+from chatspot_ros.runtime.static_decoder import StaticDecoder
 
 MAX_NEW = 12
 
@@ -18,10 +19,12 @@ def seeded_runtimes(seeded_model_dirs):
         rt.close()
 
 
+@pytest.mark.parametrize("decoder", ["dynamic", "static"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("k", [1, 3, 5])
-def test_greedy_batch_matches_hf_generate(seeded_runtimes, seeded_model_dirs, seed: int, k: int) -> None:
+def test_greedy_batch_matches_hf_generate(seeded_runtimes, seeded_model_dirs, seed: int, k: int, decoder: str) -> None:
     rt = seeded_runtimes[seed]
+    rt.decoder = StaticDecoder(rt.lm, rt.device, rt.dtype, compile="off", sync_every=4) if decoder == "static" else None
     processor = processor_for(seeded_model_dirs[seed])
     frame = make_frame(seed + 10 * k, height=90 + 7 * k, width=160 - 9 * k)
     prompts = [prompt(q) for q in QUESTIONS[(seed + k) % 2:][:k]]

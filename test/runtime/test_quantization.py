@@ -10,7 +10,7 @@ from chatspot_ros.runtime import ChatSpotRuntime, GenerationConfig, RuntimeConfi
 
 @pytest.fixture(scope="module")
 def int8_runtime(tiny_model_dir):
-    rt = ChatSpotRuntime.load(RuntimeConfig(model_path=str(tiny_model_dir), quantization="int8"))
+    rt = ChatSpotRuntime.load(RuntimeConfig(model_path=str(tiny_model_dir), quantization="int8", decoder="static"))
     yield rt
     rt.close()
 

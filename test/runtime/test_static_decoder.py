@@ -174,11 +174,11 @@ def test_incremental_text_waits_for_a_split_utf8_character() -> None:
     assert text.flush() == "café ok"
 
 
-def test_runtime_uses_the_static_decoder_by_default_and_the_dynamic_one_on_request(tiny_model_dir) -> None:
+def test_runtime_picks_the_decoder_it_is_asked_for(tiny_model_dir) -> None:
     from chatspot_ros.runtime import ChatSpotRuntime, RuntimeConfig
 
-    static = ChatSpotRuntime.load(RuntimeConfig(model_path=str(tiny_model_dir)))
-    dynamic = ChatSpotRuntime.load(RuntimeConfig(model_path=str(tiny_model_dir), decoder="dynamic"))
+    static = ChatSpotRuntime.load(RuntimeConfig(model_path=str(tiny_model_dir), decoder="static"))
+    dynamic = ChatSpotRuntime.load(RuntimeConfig(model_path=str(tiny_model_dir)))  # auto on the CPU
     try:
         assert static.decoder is not None and dynamic.decoder is None
     finally:
@@ -187,4 +187,4 @@ def test_runtime_uses_the_static_decoder_by_default_and_the_dynamic_one_on_reque
     with pytest.raises(ValueError, match="compile must be one of"):
         RuntimeConfig(model_path="x", compile="sometimes")
     with pytest.raises(ValueError, match="sync_every"):
-        RuntimeConfig(model_path="x", sync_every=0)
+        RuntimeConfig(model_path="x", sync_every=-1)
