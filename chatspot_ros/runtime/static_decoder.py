@@ -192,8 +192,9 @@ def _round_up(n: int, multiple: int) -> int:
 class StaticDecoder:
     """Decodes a frame's region suffixes on buffers sized per bucket; see the module docstring.
 
-    ``sync_every``: decode steps between host reads (0: auto). ``compile``: "off" (eager), "on" (``torch.compile`` of the decode step; a failure raises), or
-    "auto" (compiled on CUDA, eager on the CPU; a failed compile logs and falls back to eager).
+    ``sync_every``: decode steps between host reads (0: auto). ``compile``: "off" (eager), "on"
+    (``torch.compile`` of the decode step; a failure raises), or "auto" (compiled on CUDA, eager on
+    the CPU; a failed compile logs and falls back to eager).
     """
 
     def __init__(self, lm: Any, device: torch.device, dtype: torch.dtype, *, compile: str = "auto",
