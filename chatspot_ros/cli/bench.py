@@ -141,6 +141,12 @@ class DecoderRow:
     warmup_s: float  # the untimed first run (torch.compile happens here)
 
 
+def _prompt_ids(runtime: Any, prompts: Sequence[str]) -> tuple[list[list[int]], int]:
+    """The prompts' token ids and the length of their shared prefix (up to the last image token)."""
+    ids = [runtime.tokenize_prompt(p, runtime.num_image_tokens) for p in prompts]
+    return ids, max(i for i, t in enumerate(ids[0]) if t == runtime.image_token_id) + 1
+
+
 def _dynamic_kv_bytes(runtime: Any, prefix: int, longest: int, k: int, max_new_tokens: int) -> int:
     """The dynamic loop's buffers: every one of the K rows holds the prefix, its suffix and the answer."""
     text = runtime.model.config.text_config
@@ -156,8 +162,7 @@ def bench_decoders(chatspot: Any, frame: np.ndarray, k: int, args: argparse.Name
     size = (frame.shape[1], frame.shape[0])
     prompts = [chatspot.prompt_for(chatspot.builder.ask(QUESTIONS[i % len(QUESTIONS)], [r], size))
                for i, r in enumerate(_regions(k, *size))]
-    ids = [runtime.tokenize_prompt(p, runtime.num_image_tokens) for p in prompts]
-    prefix = max(i for i, t in enumerate(ids[0]) if t == runtime.image_token_id) + 1
+    ids, prefix = _prompt_ids(runtime, prompts)
     longest = max(len(x) for x in ids) - prefix
     rows: list[DecoderRow] = []
     first_ids = None
@@ -315,10 +320,7 @@ def bench_one(chatspot: Any, processor: Any, frame: np.ndarray, k: int, args: ar
             naive_vision.append(prep_ms)
             runtime_times.append(runtime_ms)
 
-    n_image = runtime.num_image_tokens
-    ids = [runtime.tokenize_prompt(p, n_image) for p in prompts]
-    last_image = max(i for i, t in enumerate(ids[0]) if t == runtime.image_token_id)
-    prefix = last_image + 1
+    ids, prefix = _prompt_ids(runtime, prompts)
     suffix = statistics.mean(len(x) - prefix for x in ids)
     generated = statistics.mean(g.tokens for g in generations)
     s_tokens = suffix + generated

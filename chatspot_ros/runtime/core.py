@@ -107,8 +107,7 @@ class ChatSpotRuntime:
                 self.decoder = StaticDecoder(self.lm, self.device, self.dtype, compile=config.compile,
                                              sync_every=config.sync_every)
             else:
-                LOGGER.warning("decoder: static requested, but it does not support %s; using the dynamic loop",
-                               reason)
+                LOGGER.warning("the static decoder does not support %s; using the dynamic loop", reason)
         self.geometry: ImageGeometry = info.geometry  # how the model sees a frame (from the checkpoint)
         self.conversation: ConversationTemplate = get_conversation(info.conversation)
         self._features: OrderedDict[Hashable, FrameFeatures] = OrderedDict()

@@ -276,16 +276,10 @@ def quantize_language_model(model: Any, mode: str) -> int:
     if mode == "int4" and device.type != "cuda":
         raise ValueError("quantization 'int4' needs a CUDA device (torchao's int4 kernels); use 'int8' on the CPU")
     config = Int8WeightOnlyConfig() if mode == "int8" else Int4WeightOnlyConfig(group_size=128)
-    count = 0
-
-    def is_linear(module: torch.nn.Module, _fqn: str) -> bool:
-        nonlocal count
-        hit = isinstance(module, torch.nn.Linear)
-        count += hit
-        return hit
-
-    quantize_(model.model.language_model, config, filter_fn=is_linear)
-    quantize_(model.lm_head, config, filter_fn=is_linear)
+    parts = (model.model.language_model, model.lm_head)
+    count = sum(isinstance(m, torch.nn.Linear) for part in parts for m in part.modules())
+    for part in parts:
+        quantize_(part, config)  # torchao's default filter: every nn.Linear
     LOGGER.info("quantized %d linear layers of the language model to %s weights (torchao)", count, mode)
     return count
 
