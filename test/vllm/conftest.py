@@ -22,6 +22,9 @@ REPO = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("CHATSPOT_VLLM_VENV", REPO / ".venv-vllm"))
 SERVED_NAME = "tabletop-smoke"
 START_TIMEOUT_S = float(os.environ.get("CHATSPOT_VLLM_START_TIMEOUT_S", "900"))
+# The served context (the smoke preset has 512 positions; RoPE has no position table, so a longer one is
+# only config). Long enough that a 3800-token answer cannot finish before a test cancels or kills it.
+CONTEXT_TOKENS = 4096
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -54,7 +57,8 @@ def _free_port() -> int:
 
 
 def build_checkpoint(out: Path) -> Path:
-    """The smoke tabletop model, its weights perturbed (fixed seed) so that regions get different answers."""
+    """The smoke tabletop model, its weights perturbed (fixed seed) so that regions get different answers,
+    served with CONTEXT_TOKENS positions."""
     import torch
 
     from chatspot_ros.training.export import save_llava_hf
@@ -66,6 +70,7 @@ def build_checkpoint(out: Path) -> Path:
         for name, param in setup.model.named_parameters():
             if param.is_floating_point() and param.dim() >= 2:
                 param.add_(torch.randn(param.shape, generator=generator) * 0.15)
+    setup.model.config.text_config.max_position_embeddings = CONTEXT_TOKENS
     return save_llava_hf(setup.model, setup.tokenizer, setup.image_processor, out,
                          extra_config={"image_aspect_ratio": "pad"})
 

@@ -48,14 +48,18 @@ NODE = "chatspot_agent"
 FRAME = "camera_optical"
 STARTUP_TIMEOUT_S = 120.0 * TIMEOUT_SCALE
 REQUEST_TIMEOUT_S = 90.0 * TIMEOUT_SCALE
-LONG_TOKENS = 400  # prompt (~70 tokens) + 400 < the checkpoint's 512 positions; the smoke model never stops early
+# An answer that cannot end before the test cancels it or kills the server: the smoke model never stops
+# early, and 3800 tokens take seconds even on a fast CPU (400 once ended within the 0.1 s before a kill).
+# Prompt (~90 tokens) + 3800 < the served context (conftest.CONTEXT_TOKENS).
+LONG_TOKENS = 3800
 
 
 @pytest.fixture(scope="module")
 def agent(vllm_server: Any, tmp_path_factory: pytest.TempPathFactory,
           request: pytest.FixtureRequest) -> Iterator[AgentProcess]:
     params = {"model.backend": "vllm", "server.url": vllm_server.url, "server.model": vllm_server.name,
-              "server.timeout_s": 30.0, "generation.max_new_tokens": 12, "frames.match_tolerance_s": 0.01,
+              "server.timeout_s": 30.0, "generation.max_new_tokens": 12,
+              "generation.max_new_tokens_limit": LONG_TOKENS, "frames.match_tolerance_s": 0.01,
               "diagnostics.period_s": 0.2}
     log_path = tmp_path_factory.mktemp("agent") / "test_vllm_node.log"
     proc = AgentProcess(Path(vllm_server.model_dir), log_path, NAMESPACE, params)
