@@ -194,11 +194,14 @@ class StaticDecoder:
 
     ``sync_every``: decode steps between host reads (0: auto). ``compile``: "off" (eager), "on"
     (``torch.compile`` of the decode step; a failure raises), or "auto" (compiled on CUDA, eager on
-    the CPU; a failed compile logs and falls back to eager).
+    the CPU; a failed compile logs and falls back to eager). ``compile_backend``: torch.compile's
+    backend; "aot_eager" captures and functionalizes the same whole graph without generating code,
+    which isolates a capture problem from a code-generation one in seconds (the tests use it to
+    cover many shapes; the inductor path is tested on one).
     """
 
     def __init__(self, lm: Any, device: torch.device, dtype: torch.dtype, *, compile: str = "auto",
-                 sync_every: int = 0) -> None:
+                 sync_every: int = 0, compile_backend: str = "inductor") -> None:
         if compile not in COMPILE_MODES:
             raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {compile!r}")
         if sync_every < 0:
@@ -211,7 +214,7 @@ class StaticDecoder:
         if sync_every == 0:
             sync_every = 1 if device.type == "cpu" else AUTO_SYNC_EVERY
         self.lm, self.device, self.dtype, self.sync_every = lm, device, dtype, sync_every
-        self.compile_mode = compile
+        self.compile_mode, self.compile_backend = compile, compile_backend
         self._use_compile = compile == "on" or (compile == "auto" and device.type == "cuda")
         self._steps: OrderedDict[tuple[int, int, int], StaticStep] = OrderedDict()
         self._compiled: dict[tuple[int, int, int], Callable[..., torch.Tensor]] = {}
@@ -241,8 +244,9 @@ class StaticDecoder:
             return fn
         if not self._use_compile:
             return step
-        mode = "reduce-overhead" if self.device.type == "cuda" else None
-        compiled = torch.compile(step, mode=mode, fullgraph=True, dynamic=False)
+        # modes are inductor's: "reduce-overhead" adds CUDA graphs around its kernels
+        mode = "reduce-overhead" if self.device.type == "cuda" and self.compile_backend == "inductor" else None
+        compiled = torch.compile(step, backend=self.compile_backend, mode=mode, fullgraph=True, dynamic=False)
 
         def first_call(*args: torch.Tensor) -> torch.Tensor:
             start = time.perf_counter()
@@ -258,7 +262,8 @@ class StaticDecoder:
                 return step(*args)
             self.compiles += 1
             LOGGER.info("compiled the decode step for batch %d, prefix capacity %d, suffix capacity %d "
-                        "(graph %d of this process) in %.1f s", *key, self.compiles, time.perf_counter() - start)
+                        "(graph %d of this process, %s) in %.1f s", *key, self.compiles, self.compile_backend,
+                        time.perf_counter() - start)
             self._compiled[key] = compiled
             return out
 

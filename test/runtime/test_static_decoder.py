@@ -83,51 +83,63 @@ def _full_forward_greedy(lm: LanguageModel, prefix_embeds: torch.Tensor, suffix:
 
 
 SHAPES = [("llama", 4, 4, 8), ("llama", 4, 2, 16), ("llama", 6, 1, 8), ("qwen2", 4, 2, 8)]
+DECODE = lambda ids: " ".join(map(str, ids))  # noqa: E731 - any text; the ids are what is compared
 
 
-@pytest.mark.parametrize("kind, heads, kv_heads, head_dim", SHAPES)
-def test_static_decoder_matches_the_dynamic_loop_and_a_full_forward(kind, heads, kv_heads, head_dim) -> None:
+def _case(kind: str, heads: int, kv_heads: int, head_dim: int, rows: int = 4):
+    """A tiny LM of one shape, its prefilled prefix, ``rows`` suffixes and the full-forward reference ids."""
     lm = _language_model(kind, heads, kv_heads, head_dim, seed=heads + kv_heads)
     assert unsupported(lm) is None
-    prefix_ids, suffixes = _prompts(heads, rows=4)
+    prefix_ids, suffixes = _prompts(heads, rows=rows)
     features = torch.randn(1, 6, heads * head_dim, generator=torch.Generator().manual_seed(1))
+    gen = GenerationConfig(max_new_tokens=10)
     with torch.inference_mode():
         kv = prefill_prefix(lm, prefix_ids, features)
         embeds = lm.embed(prefix_ids).clone()
         embeds[0, prefix_ids[0] == IMAGE_TOKEN_ID] = features[0]
-    gen = GenerationConfig(max_new_tokens=10)
-    decode = lambda ids: " ".join(map(str, ids))  # noqa: E731 - any text; the ids are what is compared
-    dynamic = generate_batch(lm, decode, kv, prefix_ids.shape[1], suffixes, gen)
+        expected = [_full_forward_greedy(lm, embeds, suffix, gen.max_new_tokens) for suffix in suffixes]
+    return lm, kv, prefix_ids.shape[1], suffixes, gen, expected
+
+
+@pytest.mark.parametrize("kind, heads, kv_heads, head_dim", SHAPES)
+def test_static_decoder_matches_the_dynamic_loop_and_a_full_forward(kind, heads, kv_heads, head_dim) -> None:
+    lm, kv, prefix_len, suffixes, gen, expected = _case(kind, heads, kv_heads, head_dim)
+    dynamic = generate_batch(lm, DECODE, kv, prefix_len, suffixes, gen)
     decoder = StaticDecoder(lm, torch.device("cpu"), torch.float32, compile="off", sync_every=3)
-    static = generate_batch(lm, decode, kv, prefix_ids.shape[1], suffixes, gen, decoder=decoder)
-    for row, suffix in enumerate(suffixes):
-        with torch.inference_mode():
-            expected = _full_forward_greedy(lm, embeds, suffix, gen.max_new_tokens)
-        assert list(dynamic[row].token_ids) == expected
-        assert list(static[row].token_ids) == expected
+    static = generate_batch(lm, DECODE, kv, prefix_len, suffixes, gen, decoder=decoder)
+    assert [list(g.token_ids) for g in dynamic] == expected
+    assert [list(g.token_ids) for g in static] == expected
+    for row in range(len(suffixes)):
         assert static[row].stopped == dynamic[row].stopped and static[row].text == dynamic[row].text
     # the shared prefix is held once: its buffer does not grow with the rows
     step = next(iter(decoder._steps.values()))
     assert step.prefix_k.shape[1:] == (kv_heads, 64, head_dim) and step.suffix_k.shape[1] == len(suffixes)
 
 
-def test_compiled_step_gives_the_eager_tokens(caplog) -> None:
-    lm = _language_model("llama", 4, 2, 8, seed=3)
-    prefix_ids, suffixes = _prompts(3, rows=2)
-    features = torch.randn(1, 6, 32, generator=torch.Generator().manual_seed(2))
-    with torch.inference_mode():
-        kv = prefill_prefix(lm, prefix_ids, features)
+@pytest.mark.parametrize("kind, heads, kv_heads, head_dim", SHAPES)
+def test_captured_step_matches_a_full_forward_on_every_shape(kind, heads, kv_heads, head_dim) -> None:
+    """The whole step captured by dynamo (fullgraph) and functionalized, for MHA, GQA, MQA and Qwen2:
+    the in-place cache writes and the masks survive capture. Code generation: the inductor test below."""
+    lm, kv, prefix_len, suffixes, gen, expected = _case(kind, heads, kv_heads, head_dim)
+    decoder = StaticDecoder(lm, torch.device("cpu"), torch.float32, compile="on", compile_backend="aot_eager",
+                            sync_every=4)
+    captured = generate_batch(lm, DECODE, kv, prefix_len, suffixes, gen, decoder=decoder)
+    assert [list(g.token_ids) for g in captured] == expected
+    assert decoder.compiles == 1
+
+
+def test_inductor_step_matches_a_full_forward_and_compiles_once(caplog) -> None:
+    """Inductor code generation (CUDA graphs are the same graph on a GPU), on the GQA shape."""
+    lm, kv, prefix_len, suffixes, gen, expected = _case("llama", 4, 2, 8, rows=2)
     gen = GenerationConfig(max_new_tokens=6)
-    decode = lambda ids: " ".join(map(str, ids))  # noqa: E731
-    eager = generate_batch(lm, decode, kv, prefix_ids.shape[1], suffixes, gen,
-                           decoder=StaticDecoder(lm, torch.device("cpu"), torch.float32, compile="off"))
     compiled_decoder = StaticDecoder(lm, torch.device("cpu"), torch.float32, compile="on")
     with caplog.at_level("INFO", logger="chatspot_ros.runtime.decoder"):
-        first = generate_batch(lm, decode, kv, prefix_ids.shape[1], suffixes, gen, decoder=compiled_decoder)
-        again = generate_batch(lm, decode, kv, prefix_ids.shape[1], suffixes, gen, decoder=compiled_decoder)
-    assert [g.token_ids for g in first] == [g.token_ids for g in eager] == [g.token_ids for g in again]
+        first = generate_batch(lm, DECODE, kv, prefix_len, suffixes, gen, decoder=compiled_decoder)
+        again = generate_batch(lm, DECODE, kv, prefix_len, suffixes, gen, decoder=compiled_decoder)
+    assert [list(g.token_ids) for g in first] == [e[:6] for e in expected]
+    assert [g.token_ids for g in again] == [g.token_ids for g in first]
     assert compiled_decoder.compiles == 1, "one graph for one bucket, reused by the second call"
-    assert "compiled the decode step" in caplog.text
+    assert "compiled the decode step" in caplog.text and "inductor" in caplog.text
 
 
 def test_streaming_still_sees_every_token_and_cancel_keeps_the_tokens_so_far() -> None:

@@ -34,7 +34,8 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if (VENV / "bin" / "python").is_file():
         return
-    skip = pytest.mark.skip(reason=f"no vLLM venv at {VENV}: run `make test-vllm` (it builds .venv-vllm, ~3 min, 3.5 GB)")
+    skip = pytest.mark.skip(
+        reason=f"no vLLM venv at {VENV}: run `make test-vllm` (it builds .venv-vllm, ~3 min, 3.5 GB)")
     for item in items:
         if "vllm" in item.keywords:
             item.add_marker(skip)
