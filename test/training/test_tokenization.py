@@ -1,7 +1,6 @@
 """LLaVA's masking with its failure modes made impossible (issue: precise referring instruction tuning)."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from chatspot_ros.referring import Region, RegionKind
@@ -12,6 +11,14 @@ from chatspot_ros.training.tokenization import IGNORE_INDEX, Encoded, Rejected, 
 BOX = Region(RegionKind.BOX, ((30.0, 40.0), (90.0, 100.0)))
 
 
+@pytest.fixture(scope="module")
+def setup():
+    """One smoke setup for the module: these tests only read its tokenizer, builder and conversation."""
+    from chatspot_ros.training.model_setup import from_preset
+
+    return from_preset("smoke", seed=0)
+
+
 def _sample(*turns: Turn) -> Sample:
     return Sample("s", "img.png", (320, 240), tuple(turns))
 
@@ -20,8 +27,7 @@ def _encoder(setup, max_length=512) -> ConversationEncoder:
     return ConversationEncoder(setup.tokenizer, setup.builder, setup.conversation, setup.num_image_tokens, max_length)
 
 
-def test_only_answers_and_their_end_of_turn_are_supervised(smoke_setup_factory) -> None:
-    setup = smoke_setup_factory()
+def test_only_answers_and_their_end_of_turn_are_supervised(setup) -> None:
     sample = _sample(Turn("what_in_region", "A red cube.", (BOX,)), Turn("what_in_region", "A blue ball.", (BOX,)))
     enc = _encoder(setup)(sample)
     assert isinstance(enc, Encoded)
@@ -39,8 +45,7 @@ def test_only_answers_and_their_end_of_turn_are_supervised(smoke_setup_factory) 
     assert all(l == IGNORE_INDEX for l in enc.labels[: len(alone)])
 
 
-def test_image_tokens_count_towards_max_length_and_truncation_is_reported(smoke_setup_factory) -> None:
-    setup = smoke_setup_factory()
+def test_image_tokens_count_towards_max_length_and_truncation_is_reported(setup) -> None:
     two = _sample(Turn("what_in_region", "A red cube.", (BOX,)), Turn("describe_region", "This is a long answer " * 5,
                                                                        (BOX,)))
     full = _encoder(setup)(two)
@@ -73,21 +78,18 @@ def test_a_mismatching_tokenization_is_rejected_not_trained_on() -> None:
     assert isinstance(result, Rejected) and result.reason == "boundary_straddle"
 
 
-def test_a_sample_without_supervised_tokens_is_rejected(smoke_setup_factory) -> None:
-    setup = smoke_setup_factory()
+def test_a_sample_without_supervised_tokens_is_rejected(setup) -> None:
     result = encode_pieces(setup.tokenizer, [], "</s>", image_token="<image>", num_image_tokens=4, max_length=64)
     assert isinstance(result, Rejected) and result.reason == "no_supervised_tokens"
 
 
-def test_bad_regions_are_rejected_with_a_reason(smoke_setup_factory) -> None:
-    setup = smoke_setup_factory()
+def test_bad_regions_are_rejected_with_a_reason(setup) -> None:
     far = Region(RegionKind.BOX, ((5000.0, 5000.0), (6000.0, 6000.0)))
     result = _encoder(setup)(_sample(Turn("what_in_region", "A red cube.", (far,))))
     assert isinstance(result, Rejected) and result.reason == "bad_region"
 
 
-def test_rec_answers_are_written_in_the_checkpoints_dialect(smoke_setup_factory) -> None:
-    setup = smoke_setup_factory()
+def test_rec_answers_are_written_in_the_checkpoints_dialect(setup) -> None:
     turn = Turn("find_region", "{region}", text="the red cube", answer_regions=(BOX,))
     (context, answer), = render_prompt_and_answers(setup.builder, setup.conversation, _sample(turn))
     assert "Where is the red cube" in context
@@ -106,4 +108,3 @@ def test_turns_round_trip_through_json() -> None:
         Turn("find_region", "{region}", text="x")
     with pytest.raises(ValueError, match="needs a region"):
         Turn("what_in_region", "a")
-    assert np.isfinite(0.0)
