@@ -32,17 +32,17 @@ def test_only_answers_and_their_end_of_turn_are_supervised(setup) -> None:
     enc = _encoder(setup)(sample)
     assert isinstance(enc, Encoded)
     tok = setup.tokenizer
-    supervised = [i for i, l in zip(enc.input_ids, enc.labels) if l != IGNORE_INDEX]
+    supervised = [i for i, label in zip(enc.input_ids, enc.labels) if label != IGNORE_INDEX]
     assert tok.decode(supervised) == " A red cube.</s> A blue ball.</s>"
     eos = tok.convert_tokens_to_ids("</s>")
     assert enc.labels[-1] == eos and supervised.count(eos) == 2
     # every label equals its input id where set: no shift is baked in
-    assert all(l in (IGNORE_INDEX, i) for i, l in zip(enc.input_ids, enc.labels))
+    assert all(label in (IGNORE_INDEX, i) for i, label in zip(enc.input_ids, enc.labels))
     # the prompt part is exactly what the runtime tokenizes for the one-turn question
     prompt = render_prompt_and_answers(setup.builder, setup.conversation, sample)[0][0]
     alone = tok(prompt.replace("<image>", "<image>" * setup.num_image_tokens))["input_ids"]
     assert enc.input_ids[: len(alone)] == alone
-    assert all(l == IGNORE_INDEX for l in enc.labels[: len(alone)])
+    assert all(label == IGNORE_INDEX for label in enc.labels[: len(alone)])
 
 
 def test_image_tokens_count_towards_max_length_and_truncation_is_reported(setup) -> None:
@@ -100,7 +100,8 @@ def test_rec_answers_are_written_in_the_checkpoints_dialect(setup) -> None:
 def test_turns_round_trip_through_json() -> None:
     turns = (Turn("what_in_region", "A red cube.", (BOX,), style="short"),
              Turn("find_region", "{region}", text="the red cube", answer_regions=(BOX,)),
-             Turn("suggest_actions", "1. Lift it.", (Region(RegionKind.POINT, ((3.0, 4.0),)),), text="pick up the cube"))
+             Turn("suggest_actions", "1. Lift it.", (Region(RegionKind.POINT, ((3.0, 4.0),)),),
+                  text="pick up the cube"))
     sample = Sample("x", "a.png", (320, 240), turns, "world", {"k": 1})
     again = Sample.from_json(sample.to_json())
     assert again == sample

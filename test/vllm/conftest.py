@@ -2,8 +2,8 @@
 
 Skipped with the reason unless .venv-vllm exists (`make test-vllm` builds it and runs these).
 The server serves a small tabletop checkpoint (head size 64, llava-hf weight names, pad-mode
-preprocessing) written with chatspot_ros.training.export.save_llava_hf; it is stopped by its PID
-(its process group) at the end of the session. Its log: build/vllm-test-server.log.
+preprocessing) written with chatspot_ros.training.export.save_llava_hf, in eager mode (SERVER_FLAGS); it is
+stopped by its PID (its process group) at the end of the session. Its log: build/vllm-test-server.log.
 """
 from __future__ import annotations
 
@@ -25,6 +25,9 @@ START_TIMEOUT_S = float(os.environ.get("CHATSPOT_VLLM_START_TIMEOUT_S", "900"))
 # The served context (the smoke preset has 512 positions; RoPE has no position table, so a longer one is
 # only config). Long enough that a 3800-token answer cannot finish before a test cancels or kills it.
 CONTEXT_TOKENS = 4096
+# Eager: the tests are about the API, streaming, caches and crashes, not vLLM's compiler, and
+# torch.compile costs each of the session's two server start-ups about 25-60 s on 2 cores.
+SERVER_FLAGS = ("--enforce-eager",)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -103,9 +106,10 @@ class ServerProcess:
                    VLLM_CACHE_ROOT=str(REPO / "build" / "vllm-cache"))
         env.pop("VLLM_API_KEY", None)
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(["nice", "-n", "19", "bash", str(REPO / "scripts" / "serve_vllm.sh"),
-                                          str(self.model_dir), str(self.port)], stdout=out, stderr=subprocess.STDOUT,
-                                         env=env, cwd=REPO, start_new_session=True)
+            command = ["nice", "-n", "19", "bash", str(REPO / "scripts" / "serve_vllm.sh"),
+                       str(self.model_dir), str(self.port), "--", *SERVER_FLAGS]
+            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+                                         start_new_session=True)
 
     def healthy(self) -> bool:
         import urllib.request
