@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from chatspot_ros.runtime.config import DTYPES, QUANTIZATIONS, VISION_BACKENDS
+from chatspot_ros.runtime.config import COMPILE_MODES, DECODERS, DTYPES, QUANTIZATIONS, VISION_BACKENDS
 from chatspot_ros.runtime.vision import CHANNELS_LAST
 
 
@@ -93,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--decoders", nargs="+", choices=DECODER_VARIANTS, default=None,
                         help="instead of naive vs runtime: the runtime's decode loops side by side on the same "
                              "frame and prompts (dynamic = the first loop; static; static+compile = torch.compile)")
+    parser.add_argument("--decoder", default="auto", choices=DECODERS,
+                        help="the runtime column's decode loop (generation.decoder; auto: static on CUDA, "
+                             "dynamic on the CPU)")
+    parser.add_argument("--compile", default="auto", choices=COMPILE_MODES,
+                        help="the runtime column's torch.compile of the static step (generation.compile)")
     parser.add_argument("--sync-every", type=int, default=0,
                         help="static decoder: steps between host reads (0: auto, 8 on CUDA, 1 on the CPU)")
     from chatspot_ros.remote.cli import add_backend_arguments
@@ -441,7 +446,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             server_config = server_config_from_args(args, str(folder))
         chatspot = ChatSpot.from_config(RuntimeConfig(model_path=str(folder), device=args.device, dtype=dtype,
                                                       vision_backend=args.vision_backend,
-                                                      quantization=args.quantization))
+                                                      quantization=args.quantization, decoder=args.decoder,
+                                                      compile=args.compile, sync_every=args.sync_every))
     except (FileNotFoundError, ValueError, ImportError, RuntimeError) as err:
         print(f"chatspot-bench: error: {err}", file=sys.stderr)
         return 2
@@ -480,8 +486,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps({"model": model_name, "gpu": torch.cuda.get_device_name(), **extra}), flush=True)
         if not args.json:
             print(f"# {model_name}, device {args.device}, dtype {dtype}, threads {torch.get_num_threads()}, "
-                  f"vision backend {chatspot.runtime.backend_name}, max_new_tokens {args.max_new_tokens}, "
-                  f"median of {args.repeats}")
+                  f"vision backend {chatspot.runtime.backend_name}, runtime decoder "
+                  f"{'dynamic' if chatspot.runtime.decoder is None else 'static'} (--decoder {args.decoder}), "
+                  f"max_new_tokens {args.max_new_tokens}, median of {args.repeats}")
             if remote is not None:
                 print(f"# vllm: {remote.runtime.model_name} at {server_config.display_url}, "
                       f"{server_config.max_concurrency} requests in flight, image {server_config.image_format}")

@@ -87,6 +87,16 @@ def test_bench_reports_identical_outputs(tiny_model_dir, capsys) -> None:
         assert row["ceiling"] >= 1.0 and row["prefix_tokens"] > 64
 
 
+def test_bench_runs_the_runtime_column_on_the_chosen_decoder(tiny_model_dir, capsys) -> None:
+    code = bench.main(["--model", str(tiny_model_dir), "--k", "3", "--repeats", "1", "--max-new-tokens", "4",
+                       "--frame-size", "160x120", "--decoder", "static"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "runtime decoder static (--decoder static)" in out
+    (row,) = [line.split() for line in out.splitlines() if line.split()[1:2] == ["3"]]
+    assert row[6] == "True"  # identical greedy ids to naive generate()
+
+
 def test_bench_compares_the_decode_loops(tiny_model_dir, capsys) -> None:
     code = bench.main(["--model", str(tiny_model_dir), "--k", "1", "3", "--repeats", "1", "--max-new-tokens", "4",
                        "--frame-size", "160x120", "--decoders", "dynamic", "static"])
