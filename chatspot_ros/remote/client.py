@@ -31,6 +31,7 @@ from chatspot_ros.runtime.errors import ModelError
 LOGGER = logging.getLogger("chatspot_ros.remote")
 _TOKEN_ID = re.compile(r"^token_id:(-?\d+)$")
 _MAX_DETAIL = 300  # characters of a server's error text kept in a message
+_NOT_UP_YET = frozenset({"unreachable", "timeout", "unavailable"})  # how a server that is still starting fails
 
 
 class ServerError(ModelError):
@@ -154,6 +155,29 @@ class VllmClient:
                 "set server.model (--server-model) to the served name (vLLM --served-model-name)",
                 reason="model")
         return health
+
+    def wait_until_serving(self, model: str, wait_s: float, *, poll_s: float = 1.0,
+                           log_every_s: float = 10.0) -> ServerHealth:
+        """:meth:`check`, repeated while the server is not up yet (refused, timed out, 503: a server
+        started beside the node loads for minutes) for up to ``wait_s``; a server that answers with
+        the wrong model, or anything else, fails at once. ``wait_s`` 0: one check."""
+        deadline = time.monotonic() + wait_s
+        next_log = time.monotonic()
+        while True:
+            try:
+                return self.check(model)
+            except ServerError as err:
+                left = deadline - time.monotonic()
+                if err.reason not in _NOT_UP_YET or wait_s <= 0:
+                    raise
+                if left <= 0:
+                    raise ServerError(f"{err} (waited {wait_s:.0f} s for it to start)", reason=err.reason,
+                                      status=err.status, attempts=err.attempts) from None
+                if time.monotonic() >= next_log:
+                    LOGGER.info("waiting for %s to serve %r (%s); %.0f s left", self._where(), model, err.reason,
+                                left)
+                    next_log = time.monotonic() + log_every_s
+                time.sleep(min(poll_s, max(0.0, left)))
 
     def metrics(self) -> dict[str, float]:
         """The server's Prometheus counters (/metrics), summed over labels: name -> value."""

@@ -63,6 +63,9 @@ class ServerConfig:
     api_key_env: str = DEFAULT_API_KEY_ENV
     feature_cache_size: int = 4  # frames whose encoded image is kept (keyed like the local runtime)
     top_logprobs: int = 0  # >0: keep the top-N log-probabilities of each generated token
+    # >0: the health check at connect waits up to this long for a server that is not up yet (one started
+    # beside the node loads for minutes); 0: one check, a server that is down fails at once
+    startup_wait_s: float = 0.0
 
     def __post_init__(self) -> None:
         split_server_url(self.url)
@@ -70,6 +73,9 @@ class ServerConfig:
             raise ValueError("model_config must be a local folder with the served checkpoint's config files")
         if not isinstance(self.model, str):
             raise ValueError(f"model must be a string (the served model name), got {self.model!r}")
+        if isinstance(self.startup_wait_s, bool) or not isinstance(self.startup_wait_s, (int, float)) or not (
+                math.isfinite(self.startup_wait_s) and self.startup_wait_s >= 0):
+            raise ValueError(f"startup_wait_s must be a number of seconds >= 0, got {self.startup_wait_s!r}")
         for name in ("timeout_s", "connect_timeout_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:

@@ -80,14 +80,15 @@ class RemoteRuntime:
 
     @classmethod
     def connect(cls, config: ServerConfig, *, check: bool = True) -> RemoteRuntime:
-        """Read the served model's config files, then (``check``) GET /health and /v1/models.
+        """Read the served model's config files, then (``check``) GET /health and /v1/models, waiting
+        up to ``config.startup_wait_s`` for a server that is still starting.
 
         ServerError when the server is down or does not serve ``config.served_name``;
         FileNotFoundError / ValueError for the local config copy."""
         info = read_served_model(config.model_config)
         client = VllmClient(config)
         try:
-            health = client.check(config.served_name) if check else None
+            health = client.wait_until_serving(config.served_name, config.startup_wait_s) if check else None
         except Exception:
             client.close()
             raise

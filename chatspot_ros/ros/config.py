@@ -76,6 +76,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
       when="configure", minimum=1, maximum=256),
     P("server.image_format", "png", "How frames are sent: png (lossless) or jpeg.", when="configure",
       choices=IMAGE_FORMATS),
+    P("server.startup_wait_s", 0.0, "At configure, wait up to this long for a server that is still starting "
+      "(one launched beside the node loads for minutes); 0 = one health check.", when="configure",
+      minimum=0.0, maximum=3600.0),
     P("vision.backend", "torch", "Vision encoder backend (auto = TensorRT, else onnxruntime-CUDA, else torch; each fallback logged).",
       when="configure", choices=VISION_BACKENDS),
     P("vision.engine_dir", "engines", "Folder of exported ONNX/TensorRT engines.", when="configure"),
@@ -239,6 +242,7 @@ class AgentConfig:
     server_timeout_s: float
     server_max_concurrency: int
     server_image_format: str
+    server_startup_wait_s: float
     vision_backend: str
     vision_engine_dir: str
     referring_format: str

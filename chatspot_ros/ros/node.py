@@ -327,7 +327,7 @@ class ChatSpotAgentNode(LifecycleNode):
                 url=config.server_url, model_config=config.server_model_config or config.model_path,
                 model=config.server_model, timeout_s=config.server_timeout_s,
                 max_concurrency=config.server_max_concurrency, image_format=config.server_image_format,
-                feature_cache_size=config.model_feature_cache_size,
+                feature_cache_size=config.model_feature_cache_size, startup_wait_s=config.server_startup_wait_s,
             )
             chatspot = ChatSpot.from_server(server, **options)
         else:

@@ -72,6 +72,13 @@ def test_the_launch_file_compiles_and_its_arguments_match_the_node() -> None:
     assert {"params_file", "namespace", "model_path", "image", "detections"} <= set(tables["ARGUMENT_HELP"])
     assert tables["NODE_NAME"] == "chatspot_agent"
     assert (REPO / "scripts" / tables["EXECUTABLE"]).exists()
+    # start_server: the serve script is installed next to the executable, where the launch file looks
+    assert {"start_server", "server_port", "vllm_venv", "server_flags"} <= set(tables["ARGUMENT_HELP"])
+    assert (REPO / "scripts" / tables["SERVE_SCRIPT"]).exists()
+    installed = re.search(r"install\(PROGRAMS ([^\n]*)\n\s*DESTINATION lib/\$\{PROJECT_NAME\}",
+                          (REPO / "CMakeLists.txt").read_text())
+    assert installed and {f"scripts/{tables['EXECUTABLE']}", f"scripts/{tables['SERVE_SCRIPT']}"} <= set(
+        installed.group(1).split())
 
 
 @pytest.mark.skipif(importlib.util.find_spec("launch_ros") is None, reason="launch_ros is not installed")

@@ -47,7 +47,7 @@ class Behaviour:
 
 
 class FakeServer:
-    def __init__(self, models: tuple[str, ...] = (MODEL,)) -> None:
+    def __init__(self, models: tuple[str, ...] = (MODEL,), port: int = 0) -> None:
         self.models = models
         self.behaviour = Behaviour()
         self.requests: list[dict[str, Any]] = []
@@ -55,7 +55,7 @@ class FakeServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self.lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
@@ -408,6 +408,38 @@ def test_server_down_is_a_clear_failure(tiny_model_dir: Path) -> None:
         assert set(chatspot.runtime.status()["failures"]) == {"unreachable"}
     finally:
         chatspot.close()
+
+
+def test_connect_waits_for_a_server_that_is_still_starting(tiny_model_dir: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """server.startup_wait_s: a server launched beside the node is refused until it has loaded."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with pytest.raises(ServerError, match=r"cannot connect.*\(waited 1 s for it to start\)") as info:
+        ChatSpot.from_server(config_for(url, tiny_model_dir, retries=0, startup_wait_s=1.0))
+    assert info.value.reason == "unreachable"
+    started: list[FakeServer] = []
+    later = threading.Timer(1.5, lambda: started.append(FakeServer(port=port)))
+    later.start()
+    start = time.perf_counter()
+    try:
+        with caplog.at_level(logging.INFO, logger="chatspot_ros.remote"):
+            chatspot = ChatSpot.from_server(config_for(url, tiny_model_dir, retries=0, startup_wait_s=30.0))
+        assert 1.4 < time.perf_counter() - start < 10.0
+        assert any("waiting for vLLM server" in r.getMessage() and "unreachable" in r.getMessage()
+                   for r in caplog.records)
+        chatspot.close()
+        # a server that is up but serves another model fails at once, however long the wait
+        start = time.perf_counter()
+        with pytest.raises(ServerError, match="serves 'tiny', not 'other'") as info:
+            ChatSpot.from_server(config_for(url, tiny_model_dir, model="other", startup_wait_s=30.0))
+        assert info.value.reason == "model" and time.perf_counter() - start < 3.0
+    finally:
+        later.cancel()
+        for server in started:
+            server.close()
+    with pytest.raises(ValueError, match="startup_wait_s"):
+        config_for(url, tiny_model_dir, startup_wait_s=-1.0)
 
 
 def test_health_check_needs_the_served_model_name(fake: FakeServer, tiny_model_dir: Path) -> None:
