@@ -6,9 +6,9 @@
 
 Starts the agent (``python -m chatspot_ros.agent``) on the tiny random-weight checkpoint in its own
 process and namespace, publishes frames and detections (same stamps) from a second process's
-context, and prints every ``--report-s`` seconds, then at the end: the agent's RSS at start and end
-and its slope (least squares over the samples), queue depths, drops by reason (from /diagnostics),
-and answers per second (region_descriptions messages and served asks). DDS stays on loopback
+context, and prints every ``--report-s`` seconds, then at the end: the agent's RSS at start, after
+the ``--warmup-s`` warm-up and at the end, and its slope (least squares over the samples), queue
+depths, drops by reason (from /diagnostics), and answers per second (region_descriptions messages and served asks). DDS stays on loopback
 (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, a domain of its own).
 """
 from __future__ import annotations
@@ -161,6 +161,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--report-s", type=float, default=30.0)
+    parser.add_argument("--warmup-s", type=float, default=60.0,
+                        help="growth is also reported from the RSS at this time (buffers and caches full)")
     parser.add_argument("--model", default="", help="checkpoint folder (default: build the tiny one)")
     parser.add_argument("-p", dest="params", action="append", default=[], help="extra name:=value")
     args = parser.parse_args(argv)
@@ -222,6 +224,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"result after {elapsed / 60:.1f} min (agent {'alive' if alive else 'DIED'}, exit {code}):")
     print(f"  RSS start {rss0:.1f} MiB, end {rss1:.1f} MiB, slope {slope_per_min(samples[len(samples) // 5:]):+.2f} "
           f"MiB/min (fit over the last 80% of {len(samples)} samples)")
+    warm = next(((t, rss) for t, rss in samples if t >= args.warmup_s), None)
+    if warm is not None:
+        print(f"  RSS after the {warm[0]:.0f} s warm-up {warm[1]:.1f} MiB; growth since then {rss1 - warm[1]:+.1f} MiB "
+              f"over {(samples[-1][0] - warm[0]) / 60:.1f} min (frame buffer, feature cache and allocator filled first)")
     print("  queues at the end: " + " ".join(f"{q}={d.get(q, '?')}" for q in QUEUES))
     print("  counters: " + " ".join(f"{c}={d.get(c, '?')}" for c in COUNTERS))
     print(f"  frames sent {camera.sent}; region_descriptions {len(descriptions)} "

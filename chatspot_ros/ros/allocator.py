@@ -4,7 +4,11 @@ glibc serves allocations above ``M_MMAP_THRESHOLD`` (128 KiB to 32 MiB, adapted 
 a fresh ``mmap`` and returns them with ``munmap``: every decoded 1080p frame (6 MB) then costs
 about 1500 page faults, 2-10 ms on a small CPU, more than the colour conversion itself. Raising the
 threshold (and the trim threshold) lets freed frames be reused from the heap. The price is that up
-to ``trim_mib`` of freed memory stays with the process.
+to ``trim_mib`` of freed memory stays with the process, per arena: glibc gives each new thread
+that allocates its own arena (up to 8 per core), and the node has many (the executor's, DDS's, the
+worker's, torch's). So the arenas are capped at two (``M_ARENA_MAX``) unless ``MALLOC_ARENA_MAX``
+is set: in the 10-minute soak (scripts/soak.py, 4 askers) the agent's RSS levelled off at 514-516
+MiB with two arenas, against 577-581 MiB and still climbing without the cap.
 
 Called by ``chatspot_ros.agent.main`` unless ``CHATSPOT_MALLOC_TUNING=0``; a no-op off glibc.
 """
@@ -16,10 +20,12 @@ import os
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
 
 
-def tune_allocator(mmap_mib: int = 256, trim_mib: int = 512) -> bool:
-    """True when glibc accepted the thresholds; False elsewhere (musl, macOS) or when disabled."""
+def tune_allocator(mmap_mib: int = 256, trim_mib: int = 512, arenas: int = 2) -> bool:
+    """True when glibc accepted the settings; False elsewhere (musl, macOS) or when disabled.
+    Call it before threads start: a thread keeps the arena it got first."""
     if os.environ.get("CHATSPOT_MALLOC_TUNING", "1") == "0":
         return False
     name = ctypes.util.find_library("c")
@@ -31,7 +37,10 @@ def tune_allocator(mmap_mib: int = 256, trim_mib: int = 512) -> bool:
     except (OSError, AttributeError):
         return False
     ok = mallopt(M_MMAP_THRESHOLD, mmap_mib * 1024 * 1024) == 1
-    return ok and mallopt(M_TRIM_THRESHOLD, trim_mib * 1024 * 1024) == 1
+    ok = mallopt(M_TRIM_THRESHOLD, trim_mib * 1024 * 1024) == 1 and ok
+    if "MALLOC_ARENA_MAX" not in os.environ:  # the user's own setting, applied by glibc, wins
+        ok = mallopt(M_ARENA_MAX, arenas) == 1 and ok
+    return ok
 
 
 def trim_heap() -> bool:
