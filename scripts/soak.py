@@ -8,8 +8,8 @@ Starts the agent (``python -m chatspot_ros.agent``) on the tiny random-weight ch
 process and namespace, publishes frames and detections (same stamps) from a second process's
 context, and prints every ``--report-s`` seconds, then at the end: the agent's RSS at start, after
 the ``--warmup-s`` warm-up and at the end, and its slope (least squares over the samples), queue
-depths, drops by reason (from /diagnostics), and answers per second (region_descriptions messages and served asks). DDS stays on loopback
-(ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, a domain of its own).
+depths, drops by reason (from /diagnostics), and answers per second (region_descriptions messages
+and served asks). DDS stays on loopback (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, a domain of its own).
 """
 from __future__ import annotations
 
@@ -226,8 +226,9 @@ def main(argv: Optional[list[str]] = None) -> int:
           f"MiB/min (fit over the last 80% of {len(samples)} samples)")
     warm = next(((t, rss) for t, rss in samples if t >= args.warmup_s), None)
     if warm is not None:
-        print(f"  RSS after the {warm[0]:.0f} s warm-up {warm[1]:.1f} MiB; growth since then {rss1 - warm[1]:+.1f} MiB "
-              f"over {(samples[-1][0] - warm[0]) / 60:.1f} min (frame buffer, feature cache and allocator filled first)")
+        print(f"  RSS after the {warm[0]:.0f} s warm-up {warm[1]:.1f} MiB; growth since then "
+              f"{rss1 - warm[1]:+.1f} MiB over {(samples[-1][0] - warm[0]) / 60:.1f} min "
+              "(frame buffer, feature cache and allocator filled first)")
     print("  queues at the end: " + " ".join(f"{q}={d.get(q, '?')}" for q in QUEUES))
     print("  counters: " + " ".join(f"{c}={d.get(c, '?')}" for c in COUNTERS))
     print(f"  frames sent {camera.sent}; region_descriptions {len(descriptions)} "
