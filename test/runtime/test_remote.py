@@ -46,6 +46,12 @@ class Behaviour:
         return self.script.pop(0) if self.script else self.default
 
 
+class _QuietHTTPServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """The fake breaks and drops connections on purpose; socketserver would print each to stderr,
+        after the test's output capture has ended."""
+
+
 class FakeServer:
     def __init__(self, models: tuple[str, ...] = (MODEL,), port: int = 0) -> None:
         self.models = models
@@ -55,7 +61,7 @@ class FakeServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self.lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        self.httpd = _QuietHTTPServer(("127.0.0.1", port), self._handler())
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
