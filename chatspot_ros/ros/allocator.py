@@ -7,8 +7,9 @@ threshold (and the trim threshold) lets freed frames be reused from the heap. Th
 to ``trim_mib`` of freed memory stays with the process, per arena: glibc gives each new thread
 that allocates its own arena (up to 8 per core), and the node has many (the executor's, DDS's, the
 worker's, torch's). So the arenas are capped at two (``M_ARENA_MAX``) unless ``MALLOC_ARENA_MAX``
-is set: in the 10-minute soak (scripts/soak.py, 4 askers) the agent's RSS levelled off at 514-516
-MiB with two arenas, against 577-581 MiB and still climbing without the cap.
+is set. Side by side in scripts/soak.py (4 askers), the agent's RSS levelled off at 514-516 MiB
+over 10 minutes with two arenas; without the cap it was 569 MiB after 1 minute and 585 after 3,
+still climbing (docs/node.md).
 
 Called by ``chatspot_ros.agent.main`` unless ``CHATSPOT_MALLOC_TUNING=0``; a no-op off glibc.
 """
