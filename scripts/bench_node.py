@@ -42,8 +42,8 @@ import numpy as np  # noqa: E402
 from builtin_interfaces.msg import Time  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 
-from chatspot_ros import imaging  # noqa: E402
-from chatspot_ros.frames import FrameBuffer  # noqa: E402
+from chatspot_ros.service import imaging  # noqa: E402
+from chatspot_ros.service.frames import FrameBuffer  # noqa: E402
 from chatspot_ros.msg import RegionDescription, RegionDescriptionArray  # noqa: E402
 from chatspot_ros.referring import ImageGeometry, Region  # noqa: E402
 from chatspot_ros.ros import convert  # noqa: E402

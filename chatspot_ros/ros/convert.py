@@ -1,7 +1,7 @@
 """Conversions between ROS messages and the ROS-free core; no rclpy.init needed.
 
 Every function takes or returns plain messages and raises ``ValueError`` (or
-:class:`chatspot_ros.imaging.ImageDecodeError`, a ValueError) with a reason on bad input. The node
+:class:`chatspot_ros.service.imaging.ImageDecodeError`, a ValueError) with a reason on bad input. The node
 only calls these and counts the errors. Inputs: regions, detections, images, camera info, clicks,
 request fields. Outputs: images, rviz markers, parameter descriptors.
 """
@@ -21,12 +21,12 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
-from chatspot_ros import imaging
-from chatspot_ros.frames import ns_to_stamp, stamp_to_ns
-from chatspot_ros.projection import PinholeCamera
+from chatspot_ros.service import imaging
+from chatspot_ros.service.frames import ns_to_stamp, stamp_to_ns
+from chatspot_ros.service.projection import PinholeCamera
 from chatspot_ros.referring import ReferringInstruction, parse_steps
 from chatspot_ros.referring.regions import Region, RegionKind
-from chatspot_ros.ros.config import ParamSpec
+from chatspot_ros.service.config import ParamSpec
 from chatspot_ros.ros.drawing import PALETTE, Annotation
 
 try:  # a real ROS install; absent from the PyPI wheels
@@ -467,7 +467,7 @@ _APPLIES = {"always": "", "activate": "applies at activation", "configure": "app
 
 
 def parameter_descriptor(spec: ParamSpec) -> ParameterDescriptor:
-    """The ParameterDescriptor a parameter of :data:`chatspot_ros.ros.config.PARAMETERS` is declared with.
+    """The ParameterDescriptor a parameter of :data:`chatspot_ros.service.config.PARAMETERS` is declared with.
 
     Numeric parameters carry their range; ``startup`` ones are read-only. ``configure`` and
     ``activate`` ones stay writable: the node's set-parameters callback refuses a change in a

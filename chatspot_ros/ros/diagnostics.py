@@ -11,8 +11,8 @@ from typing import Any, Mapping, Optional
 
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
-from chatspot_ros.frames import format_ns
-from chatspot_ros.ros.stats import OUTCOMES, STAGES, StageSummary
+from chatspot_ros.service.frames import format_ns
+from chatspot_ros.service.stats import OUTCOMES, STAGES, StageSummary
 
 # Counters shown in the "inputs" status besides the per-kind outcomes.
 INPUT_COUNTERS = ("images.decode_failed", "frames.time_jumps", "camera_info.received", "camera_info.rejected",

@@ -1,6 +1,6 @@
 """The ``chatspot_agent`` lifecycle node: a thin adapter between ROS 2 and the ChatSpot core.
 
-* ``__init__`` declares every parameter of :data:`chatspot_ros.ros.config.PARAMETERS` and starts
+* ``__init__`` declares every parameter of :data:`chatspot_ros.service.config.PARAMETERS` and starts
   ``/diagnostics`` (so a failed configure is visible);
 * ``on_configure`` validates them into an :class:`AgentConfig` and loads the model (a failure is
   logged with its reason and returns FAILURE);
@@ -9,8 +9,8 @@
 * ``on_cleanup`` frees the model and its GPU memory.
 
 Callbacks only check input (with the ROS-free helpers of :mod:`chatspot_ros.ros.convert`) and
-enqueue work; the model runs on one worker thread (:mod:`chatspot_ros.ros.worker`). Every input
-event ends in exactly one counted outcome (see :mod:`chatspot_ros.ros.stats`).
+enqueue work; the model runs on one worker thread (:mod:`chatspot_ros.service.worker`). Every input
+event ends in exactly one counted outcome (see :mod:`chatspot_ros.service.stats`).
 """
 from __future__ import annotations
 
@@ -36,22 +36,22 @@ from std_msgs.msg import Header, String
 from visualization_msgs.msg import MarkerArray
 
 from chatspot_ros.action import Describe
-from chatspot_ros.frames import Arrival, FrameMatcher, MatchPolicy, MatchResult, format_ns
-from chatspot_ros.imaging import ImageDecodeError
+from chatspot_ros.service.frames import Arrival, FrameMatcher, MatchPolicy, MatchResult, format_ns
+from chatspot_ros.service.imaging import ImageDecodeError
 from chatspot_ros.models import shipped_model
 from chatspot_ros.msg import ActionSuggestion, RegionDescriptionArray
-from chatspot_ros.planning import InstructionPlanner, Plan, Role
-from chatspot_ros.requests import Outcome, PendingRequest, RequestKind, RequestTracker
-from chatspot_ros.projection import PinholeCamera
+from chatspot_ros.service.planning import InstructionPlanner, Plan, Role
+from chatspot_ros.service.requests import Outcome, PendingRequest, RequestKind, RequestTracker
+from chatspot_ros.service.projection import PinholeCamera
 from chatspot_ros.referring import InstructionBuilder, ReferringInstruction
 from chatspot_ros.ros import convert
 from chatspot_ros.ros.allocator import trim_heap
-from chatspot_ros.ros.config import PARAMETERS, PARAMETERS_BY_NAME, AgentConfig, changes_allowed
+from chatspot_ros.service.config import PARAMETERS, PARAMETERS_BY_NAME, AgentConfig, changes_allowed
 from chatspot_ros.ros.diagnostics import NodeSnapshot, build_statuses
 from chatspot_ros.ros.drawing import Annotation, draw_annotations
-from chatspot_ros.ros.stats import LogLimiter, Stats
+from chatspot_ros.service.stats import LogLimiter, Stats
 from chatspot_ros.runtime.errors import ModelOutOfMemory, as_model_error
-from chatspot_ros.ros.worker import InferenceWorker, Job
+from chatspot_ros.service.worker import InferenceWorker, Job
 from chatspot_ros.srv import AskRegion, SuggestActions
 
 try:  # vision_msgs is not on PyPI; setup builds a wire-compatible copy when it is missing

@@ -1,4 +1,4 @@
-"""chatspot_ros.frames: the stamp-ordered ring buffer and stamp matching (no ROS)."""
+"""chatspot_ros.service.frames: the stamp-ordered ring buffer and stamp matching (no ROS)."""
 from __future__ import annotations
 
 import threading
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chatspot_ros.frames import (
+from chatspot_ros.service.frames import (
     Arrival, FrameBuffer, FrameMatcher, MatchPolicy, MatchStatus, WaitingRoom, format_ns, ns_to_stamp,
     stamp_to_ns,
 )

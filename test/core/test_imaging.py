@@ -1,4 +1,4 @@
-"""chatspot_ros.imaging: raw and compressed image decoding, with its own error type (no ROS)."""
+"""chatspot_ros.service.imaging: raw and compressed image decoding, with its own error type (no ROS)."""
 from __future__ import annotations
 
 import array
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chatspot_ros import imaging
-from chatspot_ros.imaging import ImageDecodeError, ImageLimits, decode_compressed, decode_raw
+from chatspot_ros.service import imaging
+from chatspot_ros.service.imaging import ImageDecodeError, ImageLimits, decode_compressed, decode_raw
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (5, 7, 3), dtype=np.uint8)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from chatspot_ros.planning import InstructionPlanner, Role
+from chatspot_ros.service.planning import InstructionPlanner, Role
 from chatspot_ros.referring import ImageGeometry, InstructionBuilder, Region, get_dialect
 
 SIZE = (200, 100)

@@ -1,11 +1,11 @@
-"""chatspot_ros.projection: pinhole projection with CameraInfo numbers, checked against OpenCV."""
+"""chatspot_ros.service.projection: pinhole projection with CameraInfo numbers, checked against OpenCV."""
 from __future__ import annotations
 
 import cv2
 import numpy as np
 import pytest
 
-from chatspot_ros.projection import PinholeCamera
+from chatspot_ros.service.projection import PinholeCamera
 
 K = (500.0, 0.0, 320.0, 0.0, 510.0, 240.0, 0.0, 0.0, 1.0)
 

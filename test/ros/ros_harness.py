@@ -25,7 +25,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
 
-from chatspot_ros import imaging
+from chatspot_ros.service import imaging
 from chatspot_ros.msg import Region as RegionMsg
 
 REPO = Path(__file__).resolve().parents[2]

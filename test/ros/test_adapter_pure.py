@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 
 from chatspot_ros.referring import DIALECTS, Region
-from chatspot_ros.ros.config import (
+from chatspot_ros.service.config import (
     PARAMETERS,
     REFERRING_FORMATS,
     AgentConfig,
     changes_allowed,
 )
 from chatspot_ros.ros.drawing import Annotation, draw_annotations, scaled_size
-from chatspot_ros.requests import Outcome, PendingRequest, RequestKind, RequestTracker
-from chatspot_ros.ros.stats import LogLimiter, Stats
-from chatspot_ros.ros.worker import InferenceWorker, Job
+from chatspot_ros.service.requests import Outcome, PendingRequest, RequestKind, RequestTracker
+from chatspot_ros.service.stats import LogLimiter, Stats
+from chatspot_ros.service.worker import InferenceWorker, Job
 
 
 def test_every_parameter_has_a_description_and_a_valid_default() -> None:

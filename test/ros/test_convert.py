@@ -11,8 +11,8 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection2D, ObjectHypothesisWithPose
 
-from chatspot_ros import imaging
-from chatspot_ros.imaging import ImageDecodeError
+from chatspot_ros.service import imaging
+from chatspot_ros.service.imaging import ImageDecodeError
 from chatspot_ros.msg import Region as RegionMsg
 from chatspot_ros.referring import Region, RegionKind
 from chatspot_ros.ros import convert
@@ -229,7 +229,7 @@ def test_markers_carry_the_image_stamp_in_the_camera_frame() -> None:
 def test_every_parameter_descriptor_has_its_type_range_and_description() -> None:
     from rcl_interfaces.msg import ParameterType
 
-    from chatspot_ros.ros.config import PARAMETERS
+    from chatspot_ros.service.config import PARAMETERS
 
     types = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
              float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING}

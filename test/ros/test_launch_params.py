@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from chatspot_ros.ros.config import PARAMETERS, PARAMETERS_BY_NAME, AgentConfig
+from chatspot_ros.service.config import PARAMETERS, PARAMETERS_BY_NAME, AgentConfig
 
 REPO = Path(__file__).resolve().parents[2]
 LAUNCH_FILE = REPO / "launch" / "agent.launch.py"

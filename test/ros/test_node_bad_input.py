@@ -308,7 +308,7 @@ def test_fuzz_all_inputs_then_the_counters_add_up(client: RosClient) -> None:
     final = settle(client, timeout=60)
     for kind in ("images", "detections", "clicks", "requests"):
         received = final.get(f"{kind}.received", 0)
-        from chatspot_ros.ros.stats import OUTCOMES
+        from chatspot_ros.service.stats import OUTCOMES
 
         outcomes = sum(final.get(f"{kind}.{o}", 0) for o in OUTCOMES[kind])
         assert received == outcomes, f"{kind}: received {received} != outcomes {outcomes}: {final}"

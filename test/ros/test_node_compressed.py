@@ -8,7 +8,7 @@ import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import Detection2DArray
 
-from chatspot_ros import imaging
+from chatspot_ros.service import imaging
 from chatspot_ros.msg import RegionDescriptionArray
 from chatspot_ros.referring import ImageGeometry
 from chatspot_ros.srv import AskRegion

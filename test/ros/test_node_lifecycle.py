@@ -132,7 +132,7 @@ def test_deactivating_drops_and_counts_detections_waiting_for_their_frame(agent:
     from rcl_interfaces.msg import ParameterValue as Value
     from vision_msgs.msg import Detection2DArray
 
-    from chatspot_ros.ros.stats import OUTCOMES
+    from chatspot_ros.service.stats import OUTCOMES
     from ros_harness import detection, detections_msg
 
     name = f"/test_node_lifecycle/{NODE}"

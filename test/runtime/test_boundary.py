@@ -13,8 +13,8 @@ from chatspot_ros.runtime.errors import as_model_error, is_out_of_memory
 
 PROMPTS = ["USER: <image>\nWhat is it? ASSISTANT:", "USER: <image>\nWhere is it? ASSISTANT:"]
 PURE_MODULES = ("chatspot_ros.runtime.config", "chatspot_ros.runtime", "chatspot_ros.runtime.errors",
-                "chatspot_ros.pipeline", "chatspot_ros.referring", "chatspot_ros.frames",
-                "chatspot_ros.planning", "chatspot_ros.requests", "chatspot_ros.ros.config")
+                "chatspot_ros.pipeline", "chatspot_ros.referring", "chatspot_ros.service.frames",
+                "chatspot_ros.service.planning", "chatspot_ros.service.requests", "chatspot_ros.service.config")
 
 
 def test_pure_modules_import_without_torch_or_transformers() -> None:

@@ -574,7 +574,7 @@ def test_chat_template_renders_the_local_prompt(tiny_model_dir: Path) -> None:
 
 def test_node_parameters_of_the_vllm_backend() -> None:
     """The node's parameter table (pure: no rclpy) validates the backend settings at configure."""
-    from chatspot_ros.ros.config import AgentConfig
+    from chatspot_ros.service.config import AgentConfig
 
     config = AgentConfig.defaults().replace({"model.backend": "vllm", "server.url": "http://127.0.0.1:8000",
                                              "server.max_concurrency": 4, "server.image_format": "jpeg"})

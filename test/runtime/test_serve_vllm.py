@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from chatspot_ros.remote.serve import LOOPBACK, SERVER_STARTUP_WAIT_S, server_beside_node
-from chatspot_ros.ros.config import PARAMETERS_BY_NAME, AgentConfig
+from chatspot_ros.service.config import PARAMETERS_BY_NAME, AgentConfig
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "serve_vllm.sh"

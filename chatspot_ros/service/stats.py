@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from chatspot_ros.requests import OUTCOMES  # one definition, beside the request kinds
+from chatspot_ros.service.requests import OUTCOMES  # one definition, beside the request kinds
 
 STAGES = ("conversion", "vision", "prefill", "decode", "total")
 __all__ = ["OUTCOMES", "STAGES", "LogLimiter", "StageSummary", "Stats"]

@@ -4,7 +4,7 @@
   describe) and the counter each is accounted under (``detections``, ``clicks``, ``requests``);
   callers branch on the kind (``kind.is_service``), never on counter names.
 * A :class:`PendingRequest` is finished exactly once, its outcome counted once under
-  ``<counter>.<status>`` (see :mod:`chatspot_ros.ros.stats`), whichever path gets there first: the
+  ``<counter>.<status>`` (see :mod:`chatspot_ros.service.stats`), whichever path gets there first: the
   worker, a drop from the queue, a timeout or a deactivation. A status that is not an outcome of
   its kind is a bug and raises.
 * A :class:`RequestTracker` knows which service calls / goals are still being handled, so that a

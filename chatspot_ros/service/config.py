@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, fields
 from typing import Any, Mapping, Optional
 
-from chatspot_ros.imaging import ImageLimits
+from chatspot_ros.service.imaging import ImageLimits
 from chatspot_ros.referring.dialects import DIALECTS
 from chatspot_ros.remote.config import BACKENDS, IMAGE_FORMATS, split_server_url  # pure: no openai
 from chatspot_ros.runtime.config import (  # pure: no torch
