@@ -2,6 +2,7 @@
 
   chatspot-world render --seed 1000 --frames 1000 --out data/world/val
   chatspot-world show --seed 1000 --index 3 --out frame.png      # one frame, boxes and names drawn
+  chatspot-world bag --seed 1000 --frames 20 --out data/world/bag --storage mcap   # a robot log
 """
 from __future__ import annotations
 
@@ -22,7 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("--seed", type=int, required=True)
     show.add_argument("--index", type=int, default=0)
     show.add_argument("--out", required=True, help="PNG to write")
+    from chatspot_ros.world.bag import add_bag_parser, run_bag
+
+    add_bag_parser(sub)  # chatspot-world bag: a robot log (docs/replay.md)
     args = parser.parse_args(argv)
+    if args.command == "bag":
+        return run_bag(args)
     if args.command == "render":
         if args.frames < 1:
             parser.error("--frames must be >= 1")
