@@ -47,6 +47,8 @@ setup(
             "chatspot-eval = chatspot_ros.cli.eval:main",
             "chatspot-train = chatspot_ros.cli.train:main",
             "chatspot-world = chatspot_ros.cli.world:main",
+            "chatspot-replay = chatspot_ros.cli.replay:main",
+            "chatspot-publish = chatspot_ros.cli.publish:main",
             "chatspot-agent = chatspot_ros.agent:main",
         ]
     },
