@@ -14,16 +14,62 @@ import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 import numpy as np
 
-from chatspot_ros.runtime.config import BatchTiming, Generation, GenerationConfig, RuntimeConfig
+from chatspot_ros.runtime.config import (BatchTiming, FrameFeatures, Generation, GenerationConfig, GenerationResult,
+                                         RuntimeConfig)
 
 if TYPE_CHECKING:
     from chatspot_ros.referring import InstructionBuilder, InstructionTemplates, ReferringInstruction
+    from chatspot_ros.referring.conversation import ConversationTemplate
+    from chatspot_ros.referring.geometry import ImageGeometry
     from chatspot_ros.remote.config import ServerConfig
-    from chatspot_ros.runtime.core import ChatSpotRuntime
+
+
+class Runtime(Protocol):
+    """The model boundary ChatSpot, the agent service and the node are typed against: encode a
+    frame once, then generate for any number of prompts. Implemented by the local
+    :class:`~chatspot_ros.runtime.core.ChatSpotRuntime` and the served
+    :class:`~chatspot_ros.remote.runtime.RemoteRuntime` (the ``vllm`` backend)."""
+
+    @property
+    def family(self) -> str: ...
+
+    @property
+    def model_name(self) -> str: ...
+
+    @property
+    def backend_name(self) -> str: ...  # the vision backend in use, "vllm" for the served model
+
+    @property
+    def default_dialect(self) -> str: ...
+
+    @property
+    def geometry(self) -> ImageGeometry: ...  # how the checkpoint's preprocessing sees a frame
+
+    @property
+    def conversation(self) -> ConversationTemplate: ...  # its stop strings end every generation
+
+    @property
+    def prompt_form(self) -> str:
+        """What ``generate_timed`` takes as a prompt: "conversation" (the full prompt, rendered by
+        :meth:`ChatSpot.prompt_for`) or "instruction" (the instruction text; a server applies the
+        same chat template). ChatSpot renders each prompt once and hands over the form asked for."""
+        ...
+
+    def encode(self, frame: np.ndarray, key: Hashable | None = None) -> FrameFeatures: ...
+
+    def generate_timed(self, features: FrameFeatures, prompts: Sequence[str], gen: GenerationConfig,
+                       on_token: Callable[[int, str], None] | None = None,
+                       should_stop: Callable[[], bool] | None = None) -> GenerationResult: ...
+
+    def status(self) -> dict[str, Any]:
+        """Live figures for diagnostics (the server's requests, errors, latency); {} when none."""
+        ...
+
+    def close(self) -> None: ...
 
 # config/instructions.yaml of a source checkout or an editable install; an installed ROS package
 # has it under share/chatspot_ros/config (the node looks there first).
@@ -65,7 +111,7 @@ class RegionAnswer:
     """The answer to one instruction."""
 
     instruction: ReferringInstruction
-    prompt: str  # the full prompt the model saw (conversation template applied)
+    prompt: str  # the full prompt the model saw (conversation template applied, on either backend)
     text: str  # the answer, stripped of surrounding whitespace
     generation: Generation
     vision_ms: float  # 0.0 when the frame's features came from the cache
@@ -101,8 +147,7 @@ class FrameAnswers:
 class ChatSpot:
     """Answers referring instructions about frames, encoding each frame once."""
 
-    def __init__(self, runtime: ChatSpotRuntime, builder: InstructionBuilder) -> None:
-        # the local ChatSpotRuntime, or chatspot_ros.remote.RemoteRuntime (the vllm backend)
+    def __init__(self, runtime: Runtime, builder: InstructionBuilder) -> None:
         self.runtime = runtime
         self.builder = builder
 
@@ -142,7 +187,7 @@ class ChatSpot:
     @classmethod
     def with_runtime(
         cls,
-        runtime: Any,
+        runtime: Runtime,
         *,
         dialect: str | None = None,
         precision: int | None = None,
@@ -170,6 +215,7 @@ class ChatSpot:
         return self.builder
 
     def prompt_for(self, instruction: ReferringInstruction) -> str:
+        """The full prompt the model sees for ``instruction`` (the conversation template applied)."""
         return self.runtime.conversation.render(instruction.text)
 
     def answer(
@@ -204,9 +250,10 @@ class ChatSpot:
             return FrameAnswers((), 0.0, False, (), 0.0)
         features = self.runtime.encode(frame, key=frame_key)
         vision_ms = 0.0 if features.cache_hit else features.vision_ms
-        prompts = [self.prompt_for(r) for r in requests]
+        prompts = [self.prompt_for(r) for r in requests]  # rendered once
+        sent = prompts if self.runtime.prompt_form == "conversation" else [r.text for r in requests]
         stops = tuple(dict.fromkeys(tuple(gen.stop) + tuple(self.runtime.conversation.stop)))
-        result = self.runtime.generate_timed(features, prompts, replace(gen, stop=stops), on_token, should_stop)
+        result = self.runtime.generate_timed(features, sent, replace(gen, stop=stops), on_token, should_stop)
         answers = tuple(
             RegionAnswer(instruction=r, prompt=p, text=g.text.strip(), generation=g, vision_ms=vision_ms)
             for r, p, g in zip(requests, prompts, result.generations)

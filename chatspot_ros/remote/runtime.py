@@ -1,9 +1,9 @@
 """RemoteRuntime: the runtime boundary (encode once, generate for K prompts) over a serving engine.
 
-It has the surface :class:`chatspot_ros.pipeline.ChatSpot` uses of the local
-:class:`~chatspot_ros.runtime.core.ChatSpotRuntime` (``encode``, ``generate_timed``, ``geometry``,
-``conversation``, ``default_dialect``, ``close``), so ``ChatSpot.answer`` returns the same
-RegionAnswers and the node, ``chatspot-ask`` and ``chatspot-eval`` run unchanged on either.
+It implements :class:`chatspot_ros.pipeline.Runtime` like the local
+:class:`~chatspot_ros.runtime.core.ChatSpotRuntime`, so ``ChatSpot.answer`` returns the same
+RegionAnswers and the node, ``chatspot-ask`` and ``chatspot-eval`` run unchanged on either. Its
+prompts are the instructions themselves (``prompt_form``): the server applies the chat template.
 
 * ``encode(frame, key)`` pads the frame when Φ assumed a padded square (vLLM ignores
   ``image_aspect_ratio: pad``) and encodes it once as a PNG / JPEG data URL (LRU by key).
@@ -118,14 +118,10 @@ class RemoteRuntime:
         return result
 
     # ------------------------------------------------------------------ text
-    def instruction_of(self, prompt: str) -> str:
-        """The instruction inside a prompt rendered by this runtime's conversation template."""
-        conv = self.conversation
-        _, rest = conv.split(prompt)
-        if not rest.startswith(conv.after_image) or not rest.endswith(conv.tail) or \
-                len(rest) < len(conv.after_image) + len(conv.tail):
-            raise ValueError(f"prompt was not rendered by the {conv.name} template: {prompt[:80]!r}")
-        return rest[len(conv.after_image): len(rest) - len(conv.tail)]
+    @property
+    def prompt_form(self) -> str:
+        """The server applies the checkpoint's chat template itself: prompts are instructions."""
+        return "instruction"
 
     def generate(self, features: FrameFeatures, prompts: Sequence[str], gen: GenerationConfig,
                  on_token: Callable[[int, str], None] | None = None,
@@ -143,7 +139,7 @@ class RemoteRuntime:
         image = features.features
         if not isinstance(image, PreparedImage):
             raise TypeError("features must come from RemoteRuntime.encode")
-        instructions = [self.instruction_of(p) for p in prompts]
+        instructions = list(prompts)  # prompt_form "instruction": the server renders the template
         start = time.perf_counter()
 
         def job(index: int, instruction: str) -> Callable[[Callable[[], bool]], Completion]:
@@ -174,9 +170,9 @@ class RemoteRuntime:
                                decode_ms=decode_ms, tokens=sum(g.tokens for g in generations)),) if prompts else ()
         return GenerationResult(generations=tuple(generations), batches=batches)
 
-    def complete_one(self, features: FrameFeatures, prompt: str, gen: GenerationConfig) -> Completion:
-        """One prompt's raw Completion (token ids, top log-probabilities): for parity checks and benches."""
-        return self.client.complete(features.features.data_url, self.instruction_of(prompt), gen)
+    def complete_one(self, features: FrameFeatures, instruction: str, gen: GenerationConfig) -> Completion:
+        """One instruction's raw Completion (token ids, top log-probabilities): for parity checks and benches."""
+        return self.client.complete(features.features.data_url, instruction, gen)
 
     # ------------------------------------------------------------------ status and lifecycle
     def check_health(self) -> ServerHealth:

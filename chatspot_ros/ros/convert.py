@@ -23,6 +23,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from chatspot_ros.service import imaging
 from chatspot_ros.service.frames import ns_to_stamp, stamp_to_ns
+from chatspot_ros.service.inputs import DetectionRegion, check_fields, click_region  # noqa: F401 (re-exported)
 from chatspot_ros.service.projection import PinholeCamera
 from chatspot_ros.referring import ReferringInstruction, parse_steps
 from chatspot_ros.referring.regions import Region, RegionKind
@@ -90,13 +91,6 @@ def region_to_msg(region: Region) -> RegionMsg:
         points=[Point32(x=float(x), y=float(y), z=0.0) for x, y in region.points],
         id=region.id,
     )
-
-
-@dataclass(frozen=True)
-class DetectionRegion:
-    region: Region  # a BOX (a POLYGON when the box is rotated), id = Detection2D.id
-    label: str  # class id of the best hypothesis, "" when none
-    score: float  # its score, 0 when none
 
 
 def _bbox_center(bbox: Any) -> tuple[float, float, float]:
@@ -295,20 +289,6 @@ def camera_from_info(msg: CameraInfo) -> PinholeCamera:
     )
 
 
-def click_region(u: float, v: float, width: int, height: int, box_size: int, *, id: str = "click") -> Region:
-    """A region for a click at pixel (u, v): a point, or a box of ``box_size`` pixels around it
-    (clamped to the image). ValueError when the click lies outside the image."""
-    if not (math.isfinite(u) and math.isfinite(v)):
-        raise ValueError(f"click ({u}, {v}) has a non-finite coordinate")
-    if not (0.0 <= u <= width and 0.0 <= v <= height):
-        raise ValueError(f"click ({u:.1f}, {v:.1f}) lies outside the {width}x{height} image")
-    if box_size <= 0:
-        return Region.point(u, v, id=id)
-    half = box_size / 2.0
-    return Region.box(max(0.0, u - half), max(0.0, v - half), min(float(width), u + half),
-                      min(float(height), v + half), id=id)
-
-
 def click_to_pixel(
     point: tuple[float, float, float],
     frame_id: str,
@@ -370,19 +350,11 @@ def check_request(
     what: str = "question",
     require_question: bool = True,
 ) -> RequestSpec:
-    """Check the common fields of a request; ValueError with the reason."""
-    if len(regions) > max_regions:
-        raise ValueError(f"{len(regions)} regions in one request; the limit is {max_regions} "
-                         "(limits.max_regions_per_request)")
+    """Check the common fields of a request (:func:`inputs.check_fields`); ValueError with the reason."""
+    check_fields(len(regions), question, max_new_tokens, max_regions=max_regions,
+                 max_question_chars=max_question_chars, max_new_tokens_limit=max_new_tokens_limit,
+                 what=what, require_question=require_question)
     text = question.strip()
-    if require_question and not text:
-        raise ValueError(f"the {what} is empty")
-    if len(question) > max_question_chars:
-        raise ValueError(f"the {what} has {len(question)} characters; the limit is "
-                         f"{max_question_chars} (limits.max_question_chars)")
-    if max_new_tokens > max_new_tokens_limit:
-        raise ValueError(f"max_new_tokens {max_new_tokens} exceeds the limit {max_new_tokens_limit} "
-                         "(generation.max_new_tokens_limit)")
     parsed = tuple(region_from_msg(r, index=i) for i, r in enumerate(regions))
     return RequestSpec(
         stamp_ns=time_to_ns(stamp), regions=parsed, question=text,

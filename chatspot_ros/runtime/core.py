@@ -146,6 +146,15 @@ class ChatSpotRuntime:
         return self.backend.name
 
     @property
+    def prompt_form(self) -> str:
+        """``generate`` takes full conversation prompts (see chatspot_ros.pipeline.Runtime)."""
+        return "conversation"
+
+    def status(self) -> dict[str, Any]:
+        """Live figures for diagnostics beyond the model info: none for the local backend."""
+        return {}
+
+    @property
     def num_image_tokens(self) -> int:
         vision = self.model.config.vision_config
         n = (vision.image_size // vision.patch_size) ** 2

@@ -62,7 +62,7 @@ class Outcome:
     message: str
     texts: tuple[str, ...] = ()  # one per instruction
     instructions: tuple[ReferringInstruction, ...] = ()
-    header: Optional[Any] = None  # std_msgs/Header of the frame answered about
+    frame: Optional[Any] = None  # the frame answered about (a service.agent_service.FrameLike)
 
 
 class PendingRequest:

@@ -71,7 +71,7 @@ def test_greedy_answers_equal_the_local_runtime(pipelines: Any) -> None:
             continue
         step = next(i for i, (x, y) in enumerate(zip(ids_local, ids_served)) if x != y) \
             if any(x != y for x, y in zip(ids_local, ids_served)) else min(len(ids_local), len(ids_served))
-        completion = remote.runtime.complete_one(remote.runtime.encode(img, "f"), b.prompt, gen)
+        completion = remote.runtime.complete_one(remote.runtime.encode(img, "f"), b.instruction.text, gen)
         top = completion.top_logprobs[step]
         gap = top[0][1] - top[1][1] if len(top) > 1 else float("inf")
         near_ties.append((index, step, gap))
