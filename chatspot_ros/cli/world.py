@@ -15,7 +15,12 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     render = sub.add_parser("render", help="write images/, instances.json, refs.jsonl, region_qa.jsonl, tasks.jsonl")
-    render.add_argument("--seed", type=int, required=True, help="the split's seed (training uses 1; evaluation 1000+)")
+    render.add_argument("--seed", type=int, help="the split's seed (training uses 1; evaluation 1000+); "
+                        "default: the --split's seed")
+    render.add_argument("--split", help="a named split (docs/world.md: train, val, test, crowded, same_category, "
+                        "sizes, overlap, tables): its variant and seed")
+    render.add_argument("--variant", help="draw frames by a hard split's rules (standard, crowded, same_category, "
+                        "sizes, overlap, tables); default: the --split's, else standard")
     render.add_argument("--frames", type=int, required=True)
     render.add_argument("--start", type=int, default=0, help="index of the first frame")
     render.add_argument("--out", required=True)
@@ -32,10 +37,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "render":
         if args.frames < 1:
             parser.error("--frames must be >= 1")
-        from chatspot_ros.world.annotations import write_split
+        from chatspot_ros.world.annotations import SPLITS, write_split
+        from chatspot_ros.world.scene import VARIANTS
 
-        out = write_split(args.out, args.seed, args.frames, start=args.start, progress=True)
-        print(f"wrote {args.frames} frames of world seed {args.seed} to {out}")
+        if args.split is not None and args.split not in SPLITS:
+            parser.error(f"unknown --split {args.split!r}; known: {', '.join(SPLITS)}")
+        if args.variant is not None and args.variant not in VARIANTS:
+            parser.error(f"unknown --variant {args.variant!r}; known: {', '.join(VARIANTS)}")
+        variant, seed = SPLITS[args.split] if args.split else ("standard", None)
+        variant, seed = args.variant or variant, args.seed if args.seed is not None else seed
+        if seed is None:
+            parser.error("give --seed or --split")
+        out = write_split(args.out, seed, args.frames, start=args.start, progress=True, variant=variant,
+                          split=args.split)
+        print(f"wrote {args.frames} frames of world seed {seed} ({variant}) to {out}")
         return 0
     from PIL import Image, ImageDraw
 

@@ -23,7 +23,7 @@ def scene_records(scene: Scene, rng: np.random.Generator) -> list[ObjectRecord]:
         task = language.sample_task(scene, k, rng)
         out.append(ObjectRecord(
             box=obj.box, category=obj.category, polygon=obj.polygon, caption=language.region_caption(obj),
-            expression=language.referring_expression(obj), attributes={"colour": obj.colour, "shape": obj.shape},
+            expression=language.referring_expression(obj, scene), attributes={"colour": obj.colour, "shape": obj.shape},
             click=obj.inside_point(rng), task=task.text, plan=task.plan,
         ))
     return out

@@ -21,7 +21,23 @@ from typing import Any, Iterator
 import numpy as np
 
 from chatspot_ros.world.language import referring_expression, region_caption, sample_task
-from chatspot_ros.world.scene import CATEGORIES, SHAPES, Scene, category_id, render, sample_scene
+from chatspot_ros.world.scene import (CATEGORIES, SHAPES, STANDARD, VARIANTS, Scene, Variant, category_id, render,
+                                     sample_scene, visible_masks)
+
+# The named splits (docs/world.md, docs/evaluation.md): (variant, seed). Seed 1 trains the shipped
+# model; "val" (seed 1000) was used during its development; "test" (seed 2000) and the hard
+# splits were first evaluated for the figures the README reports.
+SPLITS: dict[str, tuple[str, int]] = {
+    "train": ("standard", 1),
+    "val": ("standard", 1000),
+    "test": ("standard", 2000),
+    "crowded": ("crowded", 3000),
+    "same_category": ("same_category", 3100),
+    "sizes": ("sizes", 3200),
+    "overlap": ("overlap", 3300),
+    "tables": ("tables", 3400),
+}
+CLICK_TRIES = 100  # partly hidden objects: clicks are redrawn until they land on visible pixels
 
 
 def _xywh(box: tuple[float, float, float, float]) -> list[float]:
@@ -43,21 +59,23 @@ def scene_annotations(scene: Scene, image_id: int, first_ann_id: int) -> tuple[l
     """(COCO annotations, refs, region QA, tasks) of one scene; draws from the scene's annotation stream."""
     rng = np.random.default_rng([scene.seed, scene.index, 2])
     image = f"images/{scene.index:06d}.png"
+    overlapping = any(not _clear(a.box, b.box) for i, a in enumerate(scene.objects) for b in scene.objects[i + 1:])
+    visible = visible_masks(scene) if overlapping else None
     anns, refs, qa, tasks = [], [], [], []
     for k, obj in enumerate(scene.objects):
         ann_id = first_ann_id + k
         bbox = _xywh(obj.box)
-        click = [round(v, 2) for v in obj.inside_point(rng)]
+        click = [round(v, 2) for v in _visible_click(obj, rng, visible[k] if visible is not None else None)]
         anns.append({
             "id": ann_id, "image_id": image_id, "category_id": category_id(obj.category), "bbox": bbox,
             "area": _area(obj.polygon), "iscrowd": 0,
             "segmentation": [[round(v, 2) for p in obj.polygon for v in p]],
-            "caption": region_caption(obj), "expression": referring_expression(obj),
+            "caption": region_caption(obj), "expression": referring_expression(obj, scene),
             "attributes": {"colour": obj.colour, "shape": obj.shape, "size": obj.size_word or "medium"},
             "click": click,
         })
         refs.append({"image": image, "image_id": image_id, "ann_id": ann_id,
-                     "expression": referring_expression(obj), "bbox": bbox})
+                     "expression": referring_expression(obj, scene), "bbox": bbox})
         qa.append({"image": image, "image_id": image_id, "ann_id": ann_id,
                    "question": "What colour is the object in the region?", "answers": [obj.colour], "box": bbox})
         qa.append({"image": image, "image_id": image_id, "ann_id": ann_id,
@@ -69,19 +87,50 @@ def scene_annotations(scene: Scene, image_id: int, first_ann_id: int) -> tuple[l
     return anns, refs, qa, tasks
 
 
-def iter_scenes(seed: int, frames: int, start: int = 0) -> Iterator[Scene]:
+def _clear(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
+
+
+def _visible_click(obj: Any, rng: np.random.Generator, visible: np.ndarray | None) -> tuple[float, float]:
+    """A click on the object; where another object hides part of it, one on its visible pixels
+    (standard frames draw exactly one point, as before)."""
+    point = obj.inside_point(rng)
+    if visible is None:
+        return point
+    for _ in range(CLICK_TRIES):
+        if visible[min(int(point[1]), visible.shape[0] - 1), min(int(point[0]), visible.shape[1] - 1)]:
+            return point
+        point = obj.inside_point(rng)
+    ys, xs = np.nonzero(visible)
+    k = int(rng.integers(len(xs)))
+    return (float(xs[k]) + 0.5, float(ys[k]) + 0.5)
+
+
+def iter_scenes(seed: int, frames: int, start: int = 0, variant: Variant | str = STANDARD) -> Iterator[Scene]:
     for index in range(start, start + frames):
-        yield sample_scene(seed, index)
+        yield sample_scene(seed, index, variant)
 
 
-def write_split(out: str | Path, seed: int, frames: int, *, start: int = 0, progress: bool = False) -> Path:
-    """Render ``frames`` frames of split ``seed`` into ``out`` with all annotation files; returns ``out``."""
+def split_settings(name: str) -> tuple[str, int]:
+    """(variant, seed) of a named split; a clear error for an unknown name."""
+    if name not in SPLITS:
+        raise ValueError(f"unknown split {name!r}; known: {', '.join(SPLITS)}")
+    return SPLITS[name]
+
+
+def write_split(out: str | Path, seed: int, frames: int, *, start: int = 0, progress: bool = False,
+                variant: Variant | str = STANDARD, split: str | None = None) -> Path:
+    """Render ``frames`` frames of split ``seed`` (drawn as ``variant``) into ``out`` with all
+    annotation files; ``split`` names it in instances.json. Returns ``out``."""
+    variant = VARIANTS[variant] if isinstance(variant, str) and variant in VARIANTS else variant
+    if isinstance(variant, str):
+        raise ValueError(f"unknown world variant {variant!r}; known: {', '.join(VARIANTS)}")
     from PIL import Image
 
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     images, anns, refs, qa, tasks = [], [], [], [], []
-    scenes = iter_scenes(seed, frames, start)
+    scenes = iter_scenes(seed, frames, start, variant)
     if progress:
         from tqdm import tqdm
 
@@ -98,7 +147,7 @@ def write_split(out: str | Path, seed: int, frames: int, *, start: int = 0, prog
         tasks += t
     coco = {
         "info": {"description": "chatspot_ros tabletop world (docs/world.md)", "seed": seed, "start": start,
-                 "frames": frames},
+                 "frames": frames, "variant": variant.name, "split": split},
         "images": images, "annotations": anns, "categories": coco_categories(),
     }
     (out / "instances.json").write_text(json.dumps(coco) + "\n")

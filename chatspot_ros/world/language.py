@@ -11,7 +11,8 @@ import numpy as np
 
 from chatspot_ros.world.scene import Scene, WorldObject
 
-NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five")
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five")  # the standard world (the tokenizer's corpus)
+COUNT_WORDS = NUMBER_WORDS + ("six", "seven", "eight")  # the crowded split counts further
 TASK_KINDS: tuple[str, ...] = ("pick", "push", "put")
 
 
@@ -33,8 +34,25 @@ def region_caption(obj: WorldObject) -> str:
     return " ".join(words)
 
 
-def referring_expression(obj: WorldObject) -> str:
-    """'the red cube': unique in its scene, since a colour-shape pair occurs at most once."""
+def relative_position(obj: WorldObject, other: WorldObject) -> str:
+    """Where ``obj`` lies against ``other``: 'on the left'/'on the right' when their centres are
+    further apart across than down, else 'at the top'/'at the bottom'."""
+    dx = obj.center[0] - other.center[0]
+    dy = obj.center[1] - other.center[1]
+    if abs(dx) >= abs(dy):
+        return "on the left" if dx < 0 else "on the right"
+    return "at the top" if dy < 0 else "at the bottom"
+
+
+def referring_expression(obj: WorldObject, scene: Scene | None = None) -> str:
+    """'the red cube', unique in its scene; where the scene holds a second object of the same
+    category (the same_category split), the position word against it: 'the red cube on the left'."""
+    if scene is not None:
+        twins = [o for o in scene.objects if o is not obj and o.category == obj.category]
+        if len(twins) == 1:
+            return f"the {obj.category} {relative_position(obj, twins[0])}"
+        if twins:
+            raise ValueError(f"{len(twins) + 1} objects of category {obj.category!r}: no expression names one")
     return f"the {obj.category}"
 
 
@@ -45,7 +63,7 @@ def scene_caption(scene: Scene) -> str:
     listed = names[0] if n == 1 else ", ".join(names[:-1]) + " and " + names[-1]
     noun = "object" if n == 1 else "objects"
     verb = "is" if n == 1 else "are"
-    return f"There {verb} {NUMBER_WORDS[n]} {noun} on the {scene.table} table: {listed}."
+    return f"There {verb} {COUNT_WORDS[n]} {noun} on the {scene.table} table: {listed}."
 
 
 @dataclass(frozen=True)
@@ -103,7 +121,9 @@ def sample_task(scene: Scene, target_index: int, rng: np.random.Generator) -> Ta
     kinds = list(TASK_KINDS) if len(scene.objects) > 1 else ["pick", "push"]
     kind = kinds[int(rng.integers(len(kinds)))]
     if kind == "put":
-        others = [o for i, o in enumerate(scene.objects) if i != target_index]
+        others = [o for i, o in enumerate(scene.objects) if i != target_index and o.category != target.category]
+        if not others:  # only a twin of the target: "put the red cube on the red cube" names nothing
+            return make_task("pick", target)
         return make_task(kind, target, destination=others[int(rng.integers(len(others)))])
     if kind == "push":
         return make_task(kind, target, direction=("left", "right")[int(rng.integers(2))])

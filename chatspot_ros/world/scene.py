@@ -37,6 +37,14 @@ NOISE_STD = 4.0  # per-pixel Gaussian noise on the table
 LIGHT_RANGE = (0.85, 1.15)  # the lighting gradient's gain from one side of the frame to the other
 CIRCLE_VERTICES = 24  # polygon vertices written for a ball's segmentation
 
+# Other table tones, seen only by the "tables" split (none of them is in training).
+OTHER_TABLE_TONES: dict[str, tuple[int, int, int]] = {
+    "black": (38, 38, 42),
+    "slate": (72, 84, 100),
+    "felt": (46, 104, 70),
+    "beige": (196, 176, 140),
+}
+
 # Categories: id = 1 + colour index * 3 + shape index, name "<colour> <shape>".
 CATEGORIES: tuple[str, ...] = tuple(f"{c} {s}" for c in COLOURS for s in SHAPES)
 SMALL_BELOW, LARGE_FROM = 36, 52  # size words: small < 36 px <= (none) < 52 px <= large
@@ -117,6 +125,32 @@ class WorldObject:
 
 
 @dataclass(frozen=True)
+class Variant:
+    """How a split's frames are drawn. ``STANDARD`` is the documented world (training and the
+    validation/test splits); the others are the named hard splits of docs/world.md."""
+
+    name: str = "standard"
+    min_objects: int = MIN_OBJECTS
+    max_objects: int = MAX_OBJECTS
+    sizes: tuple[int, ...] = tuple(range(MIN_SIZE, MAX_SIZE + 1))  # drawn uniformly
+    tables: tuple[str, ...] = tuple(TABLE_TONES)
+    duplicate: bool = False  # one colour-shape pair occurs twice (drawn first, so both are placed)
+    overlap: bool = False  # objects 2 and 4 (when placed) each partly overlap one earlier object
+
+
+STANDARD = Variant()
+VARIANTS: dict[str, Variant] = {
+    "standard": STANDARD,
+    "crowded": Variant("crowded", min_objects=6, max_objects=8),
+    "same_category": Variant("same_category", min_objects=2, max_objects=5, duplicate=True),
+    "sizes": Variant("sizes", sizes=tuple(range(12, MIN_SIZE)) + tuple(range(MAX_SIZE + 1, 97))),
+    "overlap": Variant("overlap", min_objects=2, max_objects=4, overlap=True),
+    "tables": Variant("tables", tables=tuple(OTHER_TABLE_TONES)),
+}
+OVERLAP_RANGE = (0.1, 0.4)  # the overlap split: intersection / smaller box area
+
+
+@dataclass(frozen=True)
 class Scene:
     """One frame's content: the table and its objects (in drawing order)."""
 
@@ -127,6 +161,7 @@ class Scene:
     light_angle: float  # radians; direction in which the lighting gain rises
     light_gain: tuple[float, float]  # gain at the dark and at the bright side
     objects: tuple[WorldObject, ...] = field(default_factory=tuple)
+    variant: str = "standard"
 
     @property
     def size(self) -> tuple[int, int]:
@@ -137,34 +172,74 @@ def _boxes_clear(a: tuple[float, ...], b: tuple[float, ...], gap: float) -> bool
     return a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1]
 
 
-def sample_scene(seed: int, index: int) -> Scene:
-    """Draw frame ``index`` of the split ``seed`` (the order of draws is part of the contract)."""
+def _overlap_ratio(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    if w <= 0 or h <= 0:
+        return 0.0
+    return w * h / min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+
+
+def _placement_ok(box: tuple[int, ...], placed: list[WorldObject], overlap: bool, overlapped: set[int]) -> int | None:
+    """None when ``box`` may not go there; else the index of the object it overlaps (-1: none).
+
+    Standard: clear of every placed box by MIN_GAP. Overlap split, for the 2nd and 4th object: it
+    overlaps exactly one placed object that nothing overlaps yet, by OVERLAP_RANGE of the smaller
+    box, and is clear of the rest (the 1st and 3rd are placed as in the standard world)."""
+    if not overlap or len(placed) % 2 == 0:
+        return -1 if all(_boxes_clear(box, o.box, MIN_GAP) for o in placed) else None
+    hit = -1
+    for k, o in enumerate(placed):
+        if _boxes_clear(box, o.box, MIN_GAP):
+            continue
+        ratio = _overlap_ratio(box, o.box)
+        if hit >= 0 or k in overlapped or not OVERLAP_RANGE[0] <= ratio <= OVERLAP_RANGE[1]:
+            return None
+        hit = k
+    return hit if hit >= 0 else None
+
+
+def sample_scene(seed: int, index: int, variant: Variant | str = STANDARD) -> Scene:
+    """Draw frame ``index`` of the split ``seed`` (the order of draws is part of the contract);
+    ``variant`` (a Variant or a name in VARIANTS) selects a hard split's rules."""
+    if isinstance(variant, str):
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown world variant {variant!r}; known: {', '.join(VARIANTS)}")
+        variant = VARIANTS[variant]
     rng = np.random.default_rng([int(seed), int(index)])
-    table = list(TABLE_TONES)[int(rng.integers(len(TABLE_TONES)))]
-    base = np.array(TABLE_TONES[table])
+    tones = {**TABLE_TONES, **OTHER_TABLE_TONES}
+    table = variant.tables[int(rng.integers(len(variant.tables)))]
+    base = np.array(tones[table])
     table_rgb = tuple(int(v) for v in np.clip(base + rng.integers(-TABLE_JITTER, TABLE_JITTER + 1, 3), 0, 255))
     light_angle = float(rng.uniform(0.0, 2.0 * np.pi))
     lo, hi = LIGHT_RANGE
     light_gain = (float(rng.uniform(lo, 1.0)), float(rng.uniform(1.0, hi)))
-    n_objects = int(rng.integers(MIN_OBJECTS, MAX_OBJECTS + 1))
+    n_objects = int(rng.integers(variant.min_objects, variant.max_objects + 1))
     pairs = [(c, s) for c in COLOURS for s in SHAPES]
-    chosen = rng.choice(len(pairs), size=n_objects, replace=False)
+    chosen = list(rng.choice(len(pairs), size=n_objects - int(variant.duplicate), replace=False))
+    if variant.duplicate:
+        chosen.insert(0, chosen[0])  # the pair that occurs twice comes first: both copies find a place
     objects: list[WorldObject] = []
+    overlapped: set[int] = set()
+    sizes = variant.sizes
     for k in chosen:
         colour, shape = pairs[int(k)]
-        size = int(rng.integers(MIN_SIZE, MAX_SIZE + 1))
+        size = int(sizes[int(rng.integers(len(sizes)))])  # standard: the same draw as integers(24, 65)
         rgb = tuple(
             int(v) for v in np.clip(np.array(COLOURS[colour]) + rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1, 3), 0, 255)
         )
         for _ in range(PLACEMENT_TRIES):
             x0 = int(rng.integers(EDGE_MARGIN, WIDTH - EDGE_MARGIN - size + 1))
             y0 = int(rng.integers(EDGE_MARGIN, HEIGHT - EDGE_MARGIN - size + 1))
-            box = (x0, y0, x0 + size, y0 + size)
-            if all(_boxes_clear(box, o.box, MIN_GAP) for o in objects):
+            hit = _placement_ok((x0, y0, x0 + size, y0 + size), objects, variant.overlap, overlapped)
+            if hit is not None:
+                if hit >= 0:
+                    overlapped.update((hit, len(objects)))
                 objects.append(WorldObject(colour, shape, rgb, size, x0, y0))  # type: ignore[arg-type]
                 break
         # an object that finds no free place after PLACEMENT_TRIES draws is left out
-    return Scene(int(seed), int(index), table, table_rgb, light_angle, light_gain, tuple(objects))  # type: ignore[arg-type]
+    return Scene(int(seed), int(index), table, table_rgb, light_angle, light_gain, tuple(objects),  # type: ignore[arg-type]
+                 variant.name)
 
 
 def _draw_shape(draw, obj: WorldObject, fill) -> None:  # noqa: ANN001 (PIL ImageDraw)
@@ -186,6 +261,14 @@ def object_masks(scene: Scene) -> np.ndarray:
         image = Image.new("L", (WIDTH, HEIGHT), 0)
         _draw_shape(ImageDraw.Draw(image), obj, 255)
         masks[k] = np.asarray(image) > 0
+    return masks
+
+
+def visible_masks(scene: Scene) -> np.ndarray:
+    """(n_objects, H, W) bool: the pixels of each object no later object covers (what the frame shows)."""
+    masks = object_masks(scene)
+    for k in range(len(masks) - 2, -1, -1):
+        masks[k] &= ~masks[k + 1:].any(axis=0)
     return masks
 
 

@@ -88,3 +88,102 @@ def test_a_written_split_is_valid_coco_and_consistent(tmp_path) -> None:
 
     first = np.asarray(Image.open(out / "images/000000.png").convert("RGB"))
     assert np.array_equal(first, render(sample_scene(11, 0)))
+
+
+# --- the named hard splits (docs/world.md) -------------------------------------------------------
+
+def test_standard_frames_did_not_change_with_the_variants() -> None:
+    """The standard variant keeps the documented draw order: these frames were drawn before the
+    hard splits existed (sha256 of the first five rendered frames of seed 1000)."""
+    import hashlib
+
+    frames = b"".join(render(sample_scene(1000, i)).tobytes() for i in range(5))
+    assert hashlib.sha256(frames).hexdigest() == "d85c3a660c932bb239e87ccfc78cc096efe8d876f74d8a37d30a0bb2bbab3387"
+    assert sample_scene(1000, 3) == sample_scene(1000, 3, "standard")
+
+
+def test_crowded_frames_hold_six_to_eight_objects() -> None:
+    counts = [len(sample_scene(3000, i, "crowded").objects) for i in range(60)]
+    assert set(counts) <= {6, 7, 8} and len(set(counts)) == 3
+
+
+def test_same_category_frames_hold_one_pair_twice_and_name_it_by_position() -> None:
+    for i in range(40):
+        s = sample_scene(3100, i, "same_category")
+        cats = [o.category for o in s.objects]
+        twins = [c for c in set(cats) if cats.count(c) == 2]
+        assert len(twins) == 1 and all(cats.count(c) <= 2 for c in cats)
+        a, b = [o for o in s.objects if o.category == twins[0]]
+        ea, eb = language.referring_expression(a, s), language.referring_expression(b, s)
+        assert ea != eb and ea.startswith(f"the {twins[0]} ") and eb.startswith(f"the {twins[0]} ")
+        words = {ea.split(twins[0])[1].strip(), eb.split(twins[0])[1].strip()}
+        assert words in ({"on the left", "on the right"}, {"at the top", "at the bottom"})
+        left = a if a.center[0] < b.center[0] else b
+        if "on the left" in words:
+            assert language.referring_expression(left, s).endswith("on the left")
+        others = [o for o in s.objects if o.category != twins[0]]
+        assert all(language.referring_expression(o, s) == f"the {o.category}" for o in others)
+        for k, o in enumerate(s.objects):  # "put the red cube on the red cube" is never asked
+            task = language.sample_task(s, k, np.random.default_rng(i))
+            assert task.destination is None or task.destination.category != o.category
+
+
+def test_position_words_follow_the_larger_offset() -> None:
+    from chatspot_ros.world.scene import WorldObject
+
+    a = WorldObject("red", "cube", (220, 40, 40), 30, 10, 100)
+    b = WorldObject("red", "cube", (220, 40, 40), 30, 200, 120)
+    c = WorldObject("red", "cube", (220, 40, 40), 30, 20, 10)
+    assert language.relative_position(a, b) == "on the left" and language.relative_position(b, a) == "on the right"
+    assert language.relative_position(c, a) == "at the top" and language.relative_position(a, c) == "at the bottom"
+
+
+def test_sizes_split_draws_only_sizes_outside_the_training_range() -> None:
+    sizes = [o.size for i in range(80) for o in sample_scene(3200, i, "sizes").objects]
+    assert all(12 <= v < scene.MIN_SIZE or scene.MAX_SIZE < v <= 96 for v in sizes)
+    assert min(sizes) < scene.MIN_SIZE and max(sizes) > scene.MAX_SIZE
+
+
+def test_overlap_split_overlaps_pairs_partly_and_clicks_land_on_visible_pixels(tmp_path) -> None:
+    overlapping = 0
+    for i in range(40):
+        s = sample_scene(3300, i, "overlap")
+        for a_i, a in enumerate(s.objects):
+            for b in s.objects[a_i + 1:]:
+                r = scene._overlap_ratio(a.box, b.box)
+                assert r == 0.0 or scene.OVERLAP_RANGE[0] <= r <= scene.OVERLAP_RANGE[1]
+                overlapping += r > 0
+        visible = scene.visible_masks(s)
+        assert all(m.sum() > 0 for m in visible)
+    assert overlapping >= 40
+    out = write_split(tmp_path / "o", seed=3300, frames=12, variant="overlap", split="overlap")
+    coco = json.loads((out / "instances.json").read_text())
+    assert coco["info"]["variant"] == "overlap" and coco["info"]["split"] == "overlap"
+    by_image: dict[int, list] = {}
+    for a in coco["annotations"]:
+        by_image.setdefault(a["image_id"], []).append(a)
+    for image_id, anns in by_image.items():
+        s = sample_scene(3300, image_id - 1, "overlap")
+        visible = scene.visible_masks(s)
+        for k, a in enumerate(anns):
+            x, y = a["click"]
+            assert visible[k][int(y), int(x)], "a click lands on the pixels of its object the frame shows"
+
+
+def test_tables_split_uses_only_table_tones_training_never_saw() -> None:
+    tables = {sample_scene(3400, i, "tables").table for i in range(60)}
+    assert tables == set(scene.OTHER_TABLE_TONES) and not tables & set(scene.TABLE_TONES)
+
+
+def test_render_cli_takes_a_named_split_and_refuses_unknown_ones(tmp_path, capsys) -> None:
+    from chatspot_ros.cli.world import main
+
+    assert main(["render", "--split", "crowded", "--frames", "2", "--out", str(tmp_path / "c")]) == 0
+    info = json.loads((tmp_path / "c" / "instances.json").read_text())["info"]
+    assert (info["split"], info["variant"], info["seed"]) == ("crowded", "crowded", 3000)
+    assert main(["render", "--seed", "7", "--variant", "tables", "--frames", "1", "--out", str(tmp_path / "t")]) == 0
+    assert json.loads((tmp_path / "t" / "instances.json").read_text())["info"]["variant"] == "tables"
+    for bad in (["--split", "nope"], ["--variant", "nope", "--seed", "1"], []):
+        with pytest.raises(SystemExit) as exc:
+            main(["render", *bad, "--frames", "1", "--out", str(tmp_path / "x")])
+        assert exc.value.code == 2
