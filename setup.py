@@ -50,6 +50,7 @@ setup(
             "chatspot-replay = chatspot_ros.cli.replay:main",
             "chatspot-publish = chatspot_ros.cli.publish:main",
             "chatspot-agent = chatspot_ros.agent:main",
+            "chatspot-studio = chatspot_ros.cli.studio:main",
         ]
     },
 )
