@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     play.add_argument("--wait-subscribers", type=float, default=10.0, metavar="S",
                       help="wait up to S seconds for a subscriber on the image and detections topics")
     play.add_argument("--loop", type=int, default=1, metavar="N", help="play the recording N times")
+    play.add_argument("--target-namespace", default=None, metavar="NS",
+                      help="publish onto the node's topics in this namespace (default: --namespace)")
     return parser
 
 
@@ -168,8 +170,12 @@ def load_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> An
 
 def load_chatspot(config: Any) -> Any:
     """The model the node would load for ``config`` (local runtime or the vLLM server)."""
+    from transformers.utils import logging as hf_logging
+
     from chatspot_ros.pipeline import ChatSpot, load_templates
     from chatspot_ros.runtime import RuntimeConfig
+
+    hf_logging.disable_progress_bar()  # the replay has its own progress bar
 
     if config.model_backend == "local" and not Path(config.model_path).is_dir():
         raise UsageError(f"model folder {config.model_path} does not exist (--model)")

@@ -77,8 +77,9 @@ def play(args: Any) -> int:
     if args.loop < 1:
         raise UsageError("--loop must be >= 1")
     config = load_config(args, build_parser())
-    node_topics = rec.default_topics(config, args.namespace)
-    topics = rec.parse_topic_mapping(args.topics, node_topics, args.namespace)
+    topics = rec.parse_topic_mapping(args.topics, rec.default_topics(config, args.namespace), args.namespace)
+    target_ns = args.namespace if args.target_namespace is None else args.target_namespace
+    node_topics = rec.default_topics(config, target_ns)
     reader = rec.open_reader(args.bag)
     try:
         selected = rec.select_inputs(reader, topics, prefer_compressed=config.image_transport == "compressed")

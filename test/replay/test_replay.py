@@ -1,0 +1,100 @@
+"""chatspot-replay offline: outputs, determinism across storages and encodings, resume, the output folder rules."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from rosbags.highlevel import AnyReader
+
+from chatspot_ros.replay.types import typestore
+from conftest import answers, replay, summary
+
+
+def _texts(out: Path) -> list[tuple]:
+    return [(r["stamp_ns"], r["detection_id"], r["role"], r["instruction"], r["answer"]) for r in answers(out)]
+
+
+def test_mcap_and_sqlite3_give_the_same_answers_and_the_outputs_open_as_a_bag(
+        world_bags: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runs = {}
+    for storage in ("mcap", "sqlite3"):
+        out = tmp_path / storage
+        code, stdout, _ = replay([str(world_bags[storage]), "--out", str(out)], capsys)
+        assert code == 0 and "3 answered" in stdout
+        runs[storage] = out
+    assert _texts(runs["mcap"]) == _texts(runs["sqlite3"])  # greedy: two runs agree, whatever the storage
+    rows = answers(runs["mcap"])
+    s = summary(runs["mcap"])
+    assert s["frames"]["read"] == 3 and s["detections"]["messages"] == 3 and s["detections"]["answered"] == 3
+    assert s["detections"].get("unmatched", 0) == 0 and s["regions"]["answered"] == len(rows) > 3
+    assert s["accuracy"]["labelled"] == len(rows) and s["accuracy"]["matcher"] == "exact"
+    assert 0.0 <= s["accuracy"]["rate"] <= 1.0 and s["throughput"]["regions_per_s"] > 0
+    assert all(r["answer"] and r["instruction"] and r["latency_s"] > 0 and r["label"] for r in rows)
+    assert (runs["mcap"] / "answers.csv").read_text().count("\n") == len(rows) + 1
+    assert "## accuracy" in (runs["mcap"] / "summary.md").read_text()
+    with AnyReader([runs["mcap"] / "recording"], default_typestore=typestore()) as reader:
+        counts = {c.topic: c.msgcount for c in reader.connections}
+        assert counts == {"/image": 3, "/detections": 3, "/camera_info": 3, "/region_descriptions": 3,
+                          "/debug/image": 3}
+        described = {}
+        for conn, _, raw in reader.messages():
+            if conn.topic == "/region_descriptions":
+                msg = reader.deserialize(raw, conn.msgtype)
+                stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+                for d in msg.descriptions:
+                    described[(stamp, d.region.id)] = (d.label, d.instruction, d.text)
+    assert described == {(r["stamp_ns"], r["detection_id"]): (r["label"], r["instruction"], r["answer"]) for r in rows}
+    assert (runs["mcap"] / "recording" / "metadata.yaml").read_text().count("storage_identifier: mcap") == 1
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png"])
+def test_compressed_recordings_are_answered(fmt: str, world_bags: dict[str, Path], tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, _ = replay([str(world_bags[fmt]), "--out", str(tmp_path / fmt)], capsys)
+    s = summary(tmp_path / fmt)
+    assert code == 0 and s["topics"]["image_compressed"] == "/image/compressed"
+    assert s["frames"]["read"] == 3 and s["detections"]["answered"] == 3
+    if fmt == "png":  # lossless: the same pixels as the raw recording, so the same answers
+        code, _, _ = replay([str(world_bags["mcap"]), "--out", str(tmp_path / "raw")], capsys)
+        assert [r["answer"] for r in answers(tmp_path / fmt)] == [r["answer"] for r in answers(tmp_path / "raw")]
+
+
+def test_resume_after_an_interruption_asks_only_what_is_missing(world_bags: dict[str, Path], tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert replay([str(world_bags["mcap"]), "--out", str(full)], capsys)[0] == 0
+    assert replay([str(world_bags["mcap"]), "--out", str(cut)], capsys)[0] == 0
+    lines = (cut / "answers.jsonl").read_text().splitlines(keepends=True)
+    first = json.loads(lines[0])["request"]
+    kept = [line for line in lines if json.loads(line)["request"] == first]
+    # the interruption: the first request complete, the second cut in the middle of a line
+    (cut / "answers.jsonl").write_text("".join(kept) + lines[len(kept)][:40])
+    code, _, err = replay([str(world_bags["mcap"]), "--out", str(cut)], capsys)
+    assert code == 2 and "not empty" in err and "--resume" in err
+    code, _, _ = replay([str(world_bags["mcap"]), "--out", str(cut), "--resume"], capsys)
+    assert code == 0
+    s = summary(cut)
+    assert s["throughput"]["resumed_requests"] == 1 and s["throughput"]["model_calls"] == 2
+    assert _texts(cut) == _texts(full) and s["detections"] == summary(full)["detections"]
+    code, _, err = replay([str(world_bags["mcap"]), "--out", str(cut), "--resume", "-p", "generation.max_new_tokens=8"],
+                          capsys)
+    assert code == 2 and "other settings" in err
+
+
+def test_window_and_max_frames(world_bags: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert replay([str(world_bags["mcap"]), "--out", str(tmp_path / "a"), "--max-frames", "1"], capsys)[0] == 0
+    assert summary(tmp_path / "a")["frames"]["read"] == 1 and summary(tmp_path / "a")["detections"]["answered"] == 1
+    # from 0.4 s on: frames 1 and 2 (stamped 0.5 s and 1.0 s after the first)
+    assert replay([str(world_bags["mcap"]), "--out", str(tmp_path / "b"), "--start", "0.4", "--end", "1.2"], capsys)[0] == 0
+    assert sorted({r["stamp"] for r in answers(tmp_path / "b")}) == ["1700000000.500000000", "1700000001.000000000"]
+
+
+def test_the_replay_imports_no_rclpy(world_bags: dict[str, Path], tmp_path: Path) -> None:
+    code = ("import sys; from chatspot_ros.cli.replay import main; "
+            f"rc = main([{str(world_bags['mcap'])!r}, '--out', {str(tmp_path / 'o')!r}, '--quiet', '--max-frames', '1']); "
+            "assert 'rclpy' not in sys.modules, 'rclpy imported'; sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
