@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--noise", nargs="*", type=float, default=None, metavar="SCALE",
                      help="box-noise scales; --noise alone: 0.1 0.2 0.3")
     run.add_argument("--controls", action="store_true", help="ignore-the-region and region-swap controls")
+    run.add_argument("--stage0-baseline", action="store_true",
+                     help="also score region classification by the stage-0 patch head alone (wired tabletop models)")
     run.add_argument("--matcher", default="exact", help="exact | clip:DIR (a local transformers CLIPModel folder)")
     run.add_argument("--synonyms", type=Path, help="JSON {category: [synonyms]} for the exact matcher")
     run.add_argument("--max-images", type=int, default=None, help="random subset of N images per input")
@@ -88,7 +90,8 @@ def config_from_args(args: argparse.Namespace):  # -> EvalConfig
         ocr=args.ocr, ocr_images=args.ocr_images, ocr_split=args.ocr_split, refs_instances=args.refs_instances,
         refs_images=args.refs_images, refs_split=args.refs_split,
         noise=() if args.noise is None else (tuple(args.noise) or DEFAULT_NOISE),
-        controls=args.controls, matcher=args.matcher, synonyms=args.synonyms, max_images=args.max_images,
+        controls=args.controls, stage0_baseline=args.stage0_baseline, matcher=args.matcher, synonyms=args.synonyms,
+        max_images=args.max_images,
         seed=args.seed, batch_regions=args.batch_regions, max_new_tokens=args.max_new_tokens, resume=args.resume,
         overwrite=args.overwrite, progress=not args.no_progress,
     )

@@ -48,6 +48,7 @@ class EvalConfig:
     classification_prompts: tuple[str, ...] = ("box",)
     noise: tuple[float, ...] = ()  # box-noise scales (classification and VQA boxes)
     controls: bool = False  # ignore-the-region and region-swap controls
+    stage0_baseline: bool = False  # classification by the stage-0 patch head alone (wired tabletop models)
     matcher: str = "exact"  # "exact" | "clip:DIR"
     synonyms: Path | None = None  # JSON {category: [synonyms]} for the exact matcher
     max_images: int | None = None  # random subset of images per input (the paper's COCO-1000)
@@ -117,7 +118,7 @@ class EvalConfig:
         world = Path(world_dir)
         missing = [name for name in WORLD_FILES.values() if not (world / name).exists()]
         if missing:
-            raise FileNotFoundError(f"{world} is not a world split folder (written by write_split): "
+            raise FileNotFoundError(f"{world} is not a world split folder (written by chatspot-world render): "
                                     f"missing {', '.join(missing)}")
         inputs = {key: world / name for key, name in WORLD_FILES.items()}
         options.setdefault("classification_prompts", CLASSIFICATION_PROMPTS)

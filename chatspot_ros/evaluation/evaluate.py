@@ -151,6 +151,16 @@ def finish(chatspot: ChatSpot, config: EvalConfig, data: EvalData, records: Sequ
         "finish_s": 0.0, "command": command, "seed": config.seed, "max_images": config.max_images,
         "notes": list(config.notes),
     }
+    world = (gt or {}).get("info") or {}
+    if "variant" in world or "seed" in world:
+        metrics["run"]["world"] = {k: world.get(k) for k in ("split", "variant", "seed", "start", "frames")}
+    if config.stage0_baseline:
+        from chatspot_ros.evaluation.baselines import stage0_head_baseline
+
+        for prompt, result in stage0_head_baseline(str(chatspot.runtime.config.model_path), records).items():
+            group = metrics["tasks"].get(f"classification/{prompt}")
+            if group is not None:
+                group.setdefault("baselines", {})["stage0_head"] = result["accuracy"]
     plotted = config.plot and write_robustness_plot(metrics["tasks"], out / "robustness.png")
     metrics["run"]["robustness_png"] = bool(plotted)
     metrics["run"]["finish_s"] = round(time.perf_counter() - start, 3)  # metrics, AP, plot

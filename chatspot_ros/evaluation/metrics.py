@@ -141,6 +141,13 @@ def group_metrics(task: str, prompt: str, records: Sequence[Mapping[str, Any]], 
         out.update(_accuracy(clean))
     if task == "rec":
         out.update(_rec(clean))
+    if task == "actions":
+        judged = [r for r in clean if r.get("strict") is not None]
+        out["strict"] = _accuracy([{"correct": r["strict"]} for r in judged]) if judged else None
+        controls_strict = {c: _accuracy([{"correct": r.get("strict")} for r in rows if r.get("strict") is not None])
+                           for c, rows in by_condition.items() if c in CONTROLS}
+        if controls_strict:
+            out["strict_controls"] = controls_strict
     out.update(_chance(task, prompt, clean, n_categories))
     controls, skill = _controls(clean, by_condition)
     if controls:
@@ -169,6 +176,8 @@ def compute_metrics(records: Sequence[Mapping[str, Any]], *, ground_truth: Mappi
     summary: dict[str, Any] = {"accuracy": gt_box.get("accuracy")}
     summary.update({k: gt_box.get(k) for k in AP_KEYS})
     summary.update(acc_at_0_5=rec.get("acc_at_0_5"), unparsed=rec.get("unparsed"))
+    strict = tasks.get("actions/box", {}).get("strict")
+    summary["plans_strict"] = strict.get("accuracy") if strict else None
     summary["samples"] = len(records)
     summary["samples_by_group"] = {name: len(rows) for name, rows in sorted(groups.items())}
     summary["tasks"] = tasks

@@ -61,8 +61,8 @@ def _table2(tasks: Mapping[str, Any], notes: Sequence[str]) -> list[str]:
 
 
 def _controls_table(tasks: Mapping[str, Any]) -> list[str]:
-    lines = ["| Task | Model | Chance | Whole image | Region swap | Swap answers B | Region skill |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| Task | Model | Chance | Whole image | Stage-0 head | Region swap | Swap answers B | Region skill |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, g in _ordered(tasks):
         if name.endswith("/detection"):
             continue
@@ -70,8 +70,9 @@ def _controls_table(tasks: Mapping[str, Any]) -> list[str]:
         skill = g.get("region_skill")
         claimed = _DASH if skill is None else ("yes" if skill["claimed"] else "no")
         whole, swap = c.get("whole_image", {}), c.get("swap", {})
+        stage0 = (g.get("baselines") or {}).get("stage0_head")
         lines.append(f"| {_GROUP_TITLES.get(name, name)} | {pct(_headline(name, g))} | {pct(g.get('chance'))} | "
-                     f"{pct(whole.get('accuracy'))} | {pct(swap.get('accuracy'))} | "
+                     f"{pct(whole.get('accuracy'))} | {pct(stage0)} | {pct(swap.get('accuracy'))} | "
                      f"{pct(swap.get('answers_partner'))} | {claimed} |")
     return lines
 
@@ -136,6 +137,11 @@ def write_robustness_plot(tasks: Mapping[str, Any], path: Path) -> bool:
     return True
 
 
+def _world_line(world: Mapping[str, Any]) -> str:
+    name = world.get("split") or "(unnamed)"
+    return f"{name} (variant {world.get('variant', 'standard')}, seed {world.get('seed')}, {world.get('frames')} frames)"
+
+
 def render_report(metrics: Mapping[str, Any], notes: Sequence[str] = ()) -> str:
     """The Markdown report of a run."""
     tasks = metrics["tasks"]
@@ -148,6 +154,7 @@ def render_report(metrics: Mapping[str, Any], notes: Sequence[str] = ()) -> str:
              f"- wall time: {run['wall_s']:.1f} s, {run['regions_per_s']:.1f} regions/s"
              + (f" (resumed: {run['resumed_samples']} samples from an earlier run)" if run["resumed_samples"] else ""),
              *([f"- command: `{run['command']}`"] if run.get("command") else []),
+             *([f"- world split: {_world_line(run['world'])}"] if run.get("world") else []),
              ""]
     lines += [f"> {n}" for n in notes] + ([""] if notes else [])
     table1 = _table1(tasks)
@@ -156,6 +163,12 @@ def render_report(metrics: Mapping[str, Any], notes: Sequence[str] = ()) -> str:
     table2 = _table2(tasks, notes)
     if table2:
         lines += ["## Region-level tasks (paper Tables 2-3; accuracy %, REC Acc@0.5 %)", "", *table2, ""]
+    plans = tasks.get("actions/box")
+    if plans and plans.get("strict"):
+        strict = plans["strict"]
+        lines += [f"Action plans, strict rule (kind, target, direction and destination all right): "
+                  f"{pct(strict['accuracy'])} % (n={strict['n']}), beside {pct(plans.get('accuracy'))} % by the "
+                  f"rule above (target named, no other object).", ""]
     rec = tasks.get("rec/expression")
     if rec:
         lines += [f"REC: {rec['unparsed']} of {rec['n']} answers held no parsable box (counted wrong); "

@@ -99,6 +99,51 @@ def judge_plan(steps: Sequence[str], target: str, destination: str | None,
     return True, ""
 
 
+_KIND_WORDS = {"put": ("onto", "release"), "push": ("push",), "pick": ("grasp", "lift")}
+
+
+def task_reading(task: str) -> tuple[str, str | None] | None:
+    """(kind, direction) a task text asks for, in the world's task language ('pick up the X',
+    'push the X to the left', 'put the X on the Y'); None for a text outside that language."""
+    words = normalize_words(task)
+    if words[:2] == ["pick", "up"]:
+        return "pick", None
+    if words[:1] == ["push"] and len(words) >= 3 and words[-2] == "to" and words[-1] in ("left", "right"):
+        return "push", words[-1]
+    if words[:1] == ["put"] and "on" in words[1:]:
+        return "put", None
+    return None
+
+
+def judge_plan_strict(steps: Sequence[str], task: str, target: str, destination: str | None,
+                      image_categories: set[str]) -> tuple[bool | None, str]:
+    """The strict plan rule: the loose rule (``judge_plan``) and the plan's kind, direction and
+    destination all those of the task. Kind: the plan's verbs ('onto'/'release': put, 'push':
+    push, 'grasp'/'lift': pick), exactly one kind; direction (push): the step that pushes names
+    the task's direction and no other; destination (put): a step names it. None (not judged) for
+    a task outside the world's task language."""
+    reading = task_reading(task)
+    if reading is None:
+        return None, "task outside the world's task language"
+    kind, direction = reading
+    correct, reason = judge_plan(steps, target, destination, image_categories)
+    if not correct:
+        return False, reason
+    step_words = [normalize_words(s) for s in steps]
+    kinds = {k for k, verbs in _KIND_WORDS.items() if any(v in w for w in step_words for v in verbs)}
+    if kinds != {kind}:
+        return False, f"the plan's kind is {'/'.join(sorted(kinds)) or 'none'}, the task's {kind}"
+    if kind == "push":
+        pushed = [w for w in step_words if "push" in w]
+        said = {d for w in pushed for d in ("left", "right") if d in w}
+        if said != {direction}:
+            return False, f"the plan pushes {'/'.join(sorted(said)) or 'nowhere'}, the task {direction}"
+    if kind == "put":
+        if not destination or not any(find_phrase(w, normalize_words(destination)) >= 0 for w in step_words):
+            return False, f"no step names the destination {destination!r}"
+    return True, ""
+
+
 def _first_box(text: str, ctx: ScoringContext, image_size: tuple[int, int]) -> Box | None:
     """The answer's first box (a polygon counts by its bounding box); None when it has neither."""
     for region in parse_regions(text, ctx.dialect, ctx.geometry, image_size):
@@ -144,8 +189,9 @@ def _score_actions(a: Answered, record: dict[str, Any], ctx: ScoringContext) -> 
     steps = parse_steps(a.answer)
     categories = ctx.image_categories.get(item.image_id, set()) | {item.category}
     correct, reason = judge_plan(steps, item.category, item.destination, categories)
+    strict, strict_reason = judge_plan_strict(steps, item.question, item.category, item.destination, categories)
     record.update(task_text=item.question, category=item.category, destination=item.destination, steps=steps,
-                  correct=correct, reason=reason)
+                  correct=correct, reason=reason, strict=strict, strict_reason=strict_reason)
     if partner is not None:
         record["answers_partner"] = any(find_phrase(normalize_words(s), normalize_words(partner.category)) >= 0
                                         for s in steps)
