@@ -4,7 +4,7 @@
 MODEL ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench clean setup-vllm test-vllm
+.PHONY: setup demo test bench clean setup-vllm test-vllm setup-compat test-compat
 
 setup:
 	@bash scripts/setup.sh
@@ -26,6 +26,17 @@ setup-vllm:
 # The tests against the real engine: one vLLM server for the session (start-up about 90 s on 2 cores).
 test-vllm: setup setup-vllm
 	@bash scripts/run_in_env.sh nice -n 19 python -m pytest test/vllm -m vllm -rs $(PYTEST_ARGS)
+
+# The oldest supported transformers (requirements/runtime.txt): its own venv, .venv-compat (about a minute
+# the first time), and the runtime, generation and parity tests run again under it, from the source tree.
+COMPAT_TESTS = test/runtime/test_compat.py test/runtime/test_parity.py test/runtime/test_generation.py \
+	test/runtime/test_static_decoder.py test/runtime/test_preprocessing.py
+setup-compat:
+	@nice -n 10 bash scripts/setup_compat.sh
+
+test-compat: setup-compat
+	@ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST PYTHONPATH="$(CURDIR)" .venv-compat/bin/python -m pytest \
+		-p no:cacheprovider $(COMPAT_TESTS) $(PYTEST_ARGS)
 
 clean:
 	rm -rf build install log

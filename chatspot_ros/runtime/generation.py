@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
+from chatspot_ros.runtime import compat
 from chatspot_ros.runtime.config import Generation, GenerationConfig
 
 if TYPE_CHECKING:
@@ -47,8 +46,12 @@ class LanguageModel:
 def prefill_prefix(lm: LanguageModel, prefix_ids: torch.Tensor, image_features: torch.Tensor) -> PrefixKV:
     """Run the shared prefix (image tokens included) once; return its per-layer KV cache.
 
-    prefix_ids: (1, P) with N image tokens; image_features: (1, N, C).
+    prefix_ids: (1, P) with N image tokens; image_features: (1, N, C). The models the static decoder
+    supports are run by the runtime's own forward into its own tensors (``static_decoder.prefill``);
+    any other through the model's forward with a public ``DynamicCache`` (``compat``).
     """
+    from chatspot_ros.runtime.static_decoder import prefill, unsupported
+
     embeds = lm.embed(prefix_ids)  # (1, P, C)
     image_mask = prefix_ids[0] == lm.image_token_id  # (P,)
     n_image = int(image_mask.sum())
@@ -59,84 +62,32 @@ def prefill_prefix(lm: LanguageModel, prefix_ids: torch.Tensor, image_features: 
         )
     embeds = embeds.clone()
     embeds[0, image_mask] = image_features[0].to(embeds.dtype)
-    cache = DynamicCache(config=lm.text_config)
-    lm.decoder(inputs_embeds=embeds, cache=cache, use_cache=True)
-    return tuple((layer.keys, layer.values) for layer in cache.layers)
+    if unsupported(lm) is None:
+        return prefill(lm, embeds)
+    cache = compat.new_dynamic_cache(lm.text_config)
+    lm.decoder(inputs_embeds=embeds, use_cache=True, **compat.cache_kwargs(lm.decoder, cache))
+    return tuple(_read_layer(cache, i, lm, embeds) for i in range(lm.text_config.num_hidden_layers))
 
 
-class PreallocatedLayer(DynamicLayer):
-    """A DynamicLayer whose keys/values live in one buffer sized up front (gpt-fast's static cache).
-
-    ``update`` writes the new states in place and returns views, so the cache is never copied
-    to grow (DynamicLayer's grow-by-concatenation copies the whole cache every step, which on
-    the CPU costs more than the step's matmuls once K regions share a long image prefix). The
-    step itself still allocates its activations, and dropping finished rows
-    (``batch_select_indices``) copies the buffers once for the rows that remain.
-    """
-
-    def __init__(self, prefix_keys: torch.Tensor, prefix_values: torch.Tensor, batch: int, capacity: int) -> None:
-        super().__init__()
-        _, heads, prefix_len, head_dim = prefix_keys.shape  # (1, H, P, hd)
-        shape = (batch, heads, capacity, head_dim)
-        self._key_buffer = prefix_keys.new_empty(shape)  # (B, H, capacity, hd)
-        self._value_buffer = prefix_values.new_empty(shape)
-        self._key_buffer[:, :, :prefix_len] = prefix_keys  # broadcast the shared prefix into every row
-        self._value_buffer[:, :, :prefix_len] = prefix_values
-        self.length = prefix_len
-        self.capacity = capacity
-        self.device = prefix_keys.device
-        self.is_initialized = True
-        self._refresh()
-
-    def _refresh(self) -> None:
-        self.keys = self._key_buffer[:, :, : self.length]  # (B, H, S, hd) views
-        self.values = self._value_buffer[:, :, : self.length]
-
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        raise RuntimeError("PreallocatedLayer is initialized from a prefix")
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        new = key_states.shape[-2]
-        if self.length + new > self.capacity:
-            raise RuntimeError(f"KV cache full: {self.length} + {new} > {self.capacity}")
-        self._key_buffer[:, :, self.length:self.length + new] = key_states
-        self._value_buffer[:, :, self.length:self.length + new] = value_states
-        self.length += new
-        self._refresh()
-        return self.keys, self.values
-
-    def get_seq_length(self) -> int:
-        return self.length
-
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.length + query_length, 0
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self._key_buffer = self._key_buffer[indices]
-        self._value_buffer = self._value_buffer[indices]
-        self._refresh()
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        raise NotImplementedError
-
-    def crop(self, tokens_to_remove: int) -> None:
-        raise NotImplementedError
+def _read_layer(cache: object, index: int, lm: LanguageModel, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A layer's full keys and values through the public ``Cache.update``: adding zero positions returns them."""
+    config = lm.text_config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    empty = like.new_zeros((1, config.num_key_value_heads, 0, head_dim))  # (1, H, 0, hd)
+    return cache.update(empty, empty, index)  # type: ignore[attr-defined]
 
 
-def _batch_cache(prefix_kv: PrefixKV, batch: int, text_config: object, capacity: int) -> DynamicCache:
-    """A cache for ``batch`` rows holding copies of the frame's prefix, room for ``capacity`` positions.
-
-    The frame's cached prefix tensors are only read, never written.
-    """
-    cache = DynamicCache(config=text_config)
-    cache.layers = [PreallocatedLayer(k, v, batch, capacity) for k, v in prefix_kv]
+def _batch_cache(prefix_kv: PrefixKV, batch: int, text_config: object) -> object:
+    """A public ``DynamicCache`` for ``batch`` rows holding copies of the frame's prefix (read, never written)."""
+    cache = compat.new_dynamic_cache(text_config)
+    compat.fill_cache(cache, ((k.expand(batch, -1, -1, -1).contiguous(), v.expand(batch, -1, -1, -1).contiguous())
+                              for k, v in prefix_kv))
     return cache
 
 
 @torch.inference_mode()
 def prefill_suffixes(
-    lm: LanguageModel, cache: DynamicCache, prefix_len: int, suffixes: Sequence[Sequence[int]]
+    lm: LanguageModel, cache: object, prefix_len: int, suffixes: Sequence[Sequence[int]]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Prefill K suffixes as one left-padded batch on top of the prefix cache.
 
@@ -155,20 +106,20 @@ def prefill_suffixes(
         mask[row, prefix_len + longest - n:] = 1
         positions[row, longest - n:] = torch.arange(prefix_len, prefix_len + n, device=device)
     hidden = lm.decoder(
-        inputs_embeds=lm.embed(ids), attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
-    ).last_hidden_state  # (K, L, C)
+        inputs_embeds=lm.embed(ids), attention_mask=mask, position_ids=positions, use_cache=True,
+        **compat.cache_kwargs(lm.decoder, cache)).last_hidden_state  # (K, L, C)
     logits = lm.lm_head(hidden[:, -1, :]).float()  # (K, V)
     return logits, mask, positions[:, -1:] + 1
 
 
 @torch.inference_mode()
 def decode_one_token(
-    lm: LanguageModel, cache: DynamicCache, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
+    lm: LanguageModel, cache: object, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
 ) -> torch.Tensor:
     """One decoding step: tokens (B, 1), mask (B, S) already holding this step, positions (B, 1) -> logits (B, V)."""
     hidden = lm.decoder(
-        inputs_embeds=lm.embed(tokens), attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
-    ).last_hidden_state  # (B, 1, C)
+        inputs_embeds=lm.embed(tokens), attention_mask=mask, position_ids=positions, use_cache=True,
+        **compat.cache_kwargs(lm.decoder, cache)).last_hidden_state  # (B, 1, C)
     return lm.lm_head(hidden[:, -1, :]).float()  # (B, V)
 
 
@@ -342,8 +293,7 @@ def _dynamic_loop(lm: LanguageModel, prefix_kv: PrefixKV, prefix_len: int, suffi
     """The first decode loop: K copies of the prefix, finished rows compacted, a host read per token."""
     sync = _synchronizer(lm.lm_head.weight.device)
     start = time.perf_counter()
-    capacity = prefix_len + max(len(s) for s in suffixes) + gen.max_new_tokens
-    cache = _batch_cache(prefix_kv, len(suffixes), lm.text_config, capacity)
+    cache = _batch_cache(prefix_kv, len(suffixes), lm.text_config)
     logits, mask, positions = prefill_suffixes(lm, cache, prefix_len, suffixes)
     next_ids = select_next(logits, gen, generator)  # (K,)
     sync()

@@ -286,8 +286,12 @@ def quantize_language_model(model: Any, mode: str) -> int:
 
 def load_model(info: CheckpointInfo, config: RuntimeConfig) -> tuple[Any, Any, Any]:
     """(model, tokenizer, image processor), the model on the device in eval mode."""
-    from transformers import AutoImageProcessor, AutoTokenizer, LlavaForConditionalGeneration
+    from transformers import AutoTokenizer, LlavaForConditionalGeneration
     from transformers.utils import logging as hf_logging
+
+    from chatspot_ros.runtime.compat import check_transformers, load_image_processor
+
+    check_transformers()  # a version outside the tested range is refused, naming the range
 
     dtype = TORCH_DTYPES[config.dtype]
     device = torch.device(config.device)
@@ -337,5 +341,5 @@ def load_model(info: CheckpointInfo, config: RuntimeConfig) -> tuple[Any, Any, A
             f"{info.path}: the tokenizer's '<image>' id is {tokenizer.convert_tokens_to_ids('<image>')}, "
             f"config.json says image_token_index={image_token_id}; the tokenizer and model do not belong together"
         )
-    image_processor = AutoImageProcessor.from_pretrained(str(info.path), local_files_only=True)
+    image_processor = load_image_processor(info.path, info.processor_config)
     return model, tokenizer, image_processor

@@ -73,6 +73,36 @@ def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch
     return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
 
 
+@torch.inference_mode()
+def prefill(lm: Any, embeds: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+    """The runtime's own causal forward over a prefix: embeds (1, P, C) -> per layer (keys, values),
+    each (1, H, P, hd), rotary applied. The checkpoint's own modules, the cache in plain tensors of
+    its own: no transformers cache layout is read (compat.py). For models ``unsupported`` accepts."""
+    _, length, _ = embeds.shape
+    config = lm.text_config
+    heads = int(config.num_key_value_heads)
+    groups = int(config.num_attention_heads) // heads
+    positions = torch.arange(length, device=embeds.device)[None]  # (1, P)
+    cos, sin = lm.decoder.rotary_emb(embeds, positions)  # (1, P, hd)
+    x = embeds
+    out: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for layer in lm.decoder.layers:
+        attn = layer.self_attn
+        head_dim = int(attn.head_dim)
+        h = layer.input_layernorm(x)
+        q = attn.q_proj(h).view(1, length, -1, head_dim).transpose(1, 2)  # (1, Hq, P, hd)
+        k = attn.k_proj(h).view(1, length, -1, head_dim).transpose(1, 2)  # (1, H, P, hd)
+        v = attn.v_proj(h).view(1, length, -1, head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, k, cos, sin)
+        out.append((k, v))
+        o = torch.nn.functional.scaled_dot_product_attention(
+            q, k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1),
+            is_causal=True, scale=float(attn.scaling))  # (1, Hq, P, hd)
+        x = x + attn.o_proj(o.transpose(1, 2).reshape(1, length, -1))
+        x = x + layer.mlp(layer.post_attention_layernorm(x))
+    return tuple(out)
+
+
 def cascade_attention(q: torch.Tensor, prefix_k: torch.Tensor, prefix_v: torch.Tensor, prefix_mask: torch.Tensor,
                       suffix_k: torch.Tensor, suffix_v: torch.Tensor, suffix_mask: torch.Tensor,
                       scale: float) -> torch.Tensor:

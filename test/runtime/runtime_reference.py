@@ -30,9 +30,9 @@ def make_frame(seed: int, height: int = 90, width: int = 160) -> np.ndarray:
 
 
 def processor_for(model_dir: Path):
-    from transformers import AutoProcessor
+    from chatspot_ros.runtime.compat import load_processor
 
-    return AutoProcessor.from_pretrained(str(model_dir), local_files_only=True)
+    return load_processor(Path(model_dir))
 
 
 @torch.inference_mode()
