@@ -1,6 +1,7 @@
-"""Entry point of the ``chatspot_agent`` node.
+"""Entry point of the ``chatspot_agent`` node (``chatspot_ros.agent`` is a shim to it).
 
     python -m chatspot_ros.agent --ros-args --params-file config/agent.yaml -p model.path:=/models/x
+    python -m chatspot_ros.agent --help            (the parameters: names, defaults, descriptions)
     chatspot-agent --ros-args ...                  (console script)
     ros2 run chatspot_ros chatspot_agent ...       (in a ROS workspace)
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import faulthandler
 import signal
 import sys
+import textwrap
 import traceback
 from types import FrameType
 from typing import Any, Callable, Optional, Sequence
@@ -26,7 +28,8 @@ except ImportError:  # pragma: no cover - depends on the install
     SignalHandlerOptions = None  # type: ignore[assignment,misc]
 
 from chatspot_ros.ros.allocator import tune_allocator
-from chatspot_ros.ros.node import ChatSpotAgentNode
+from chatspot_ros.ros.node import NODE_NAME, ChatSpotAgentNode
+from chatspot_ros.service.config import PARAMETERS, ParamSpec
 
 
 def executor_threads(max_pending_requests: int) -> int:
@@ -67,12 +70,53 @@ def spin_until_shutdown(executor: Any, context: Any, logger: Any, *, timeout_sec
     return errors
 
 
+def _parameter_help(spec: ParamSpec) -> str:
+    notes = [f"default: {spec.default!r}"]
+    if spec.choices:
+        notes.append("one of " + ", ".join(spec.choices))
+    if spec.minimum is not None or spec.maximum is not None:
+        notes.append(f"range [{'' if spec.minimum is None else f'{spec.minimum:g}'}, "
+                     f"{'' if spec.maximum is None else f'{spec.maximum:g}'}]")
+    if spec.applies:
+        notes.append(spec.applies)
+    body = textwrap.fill(f"{spec.description} ({'; '.join(notes)})", width=96, initial_indent="      ",
+                         subsequent_indent="      ")
+    return f"  {spec.name}\n{body}"
+
+
+def usage() -> str:
+    """``--help``: how to start the node and every parameter (the one table, service/config.py)."""
+    lines = [
+        "usage: python -m chatspot_ros.agent [--help] [--ros-args -p NAME:=VALUE ... --params-file FILE]",
+        "",
+        f"The {NODE_NAME} lifecycle node: region descriptions, answers and action suggestions from a",
+        "multimodal LLM (docs/node.md). Set parameters with ROS arguments, e.g.",
+        "  python -m chatspot_ros.agent --ros-args --params-file config/agent.yaml -p model.path:=/models/x",
+        "",
+        "parameters:",
+    ]
+    return "\n".join(lines + [_parameter_help(spec) for spec in PARAMETERS]) + "\n"
+
+
+def wants_help(args: Sequence[str]) -> bool:
+    """-h / --help before any --ros-args (after it, arguments belong to ROS)."""
+    for arg in args[1:]:
+        if arg == "--ros-args":
+            return False
+        if arg in ("-h", "--help"):
+            return True
+    return False
+
+
 def _raise_keyboard_interrupt(signum: int, frame: Optional[FrameType]) -> None:
     raise KeyboardInterrupt
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = list(sys.argv if argv is None else argv)
+    if wants_help(args):
+        sys.stdout.write(usage())
+        return 0
     tune_allocator()  # decoded frames reuse heap memory instead of page-faulting (ros/allocator.py)
     # `kill -USR1 <pid>` prints every thread's Python stack to stderr: where a stuck node waits.
     faulthandler.register(signal.SIGUSR1, all_threads=True)

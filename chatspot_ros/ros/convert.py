@@ -434,8 +434,6 @@ def _outline_marker(header: Header, marker_id: int, rays: list[tuple[float, floa
 
 _PARAMETER_TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
                     float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING}
-_APPLIES = {"always": "", "activate": "applies at activation", "configure": "applies at configure",
-            "startup": "read at start-up"}
 
 
 def parameter_descriptor(spec: ParamSpec) -> ParameterDescriptor:
@@ -450,8 +448,8 @@ def parameter_descriptor(spec: ParamSpec) -> ParameterDescriptor:
     constraints = []
     if spec.choices:
         constraints.append("one of: " + ", ".join(repr(c) for c in spec.choices))
-    if _APPLIES[spec.when]:
-        constraints.append(_APPLIES[spec.when])
+    if spec.applies:
+        constraints.append(spec.applies)
     descriptor = ParameterDescriptor(
         name=spec.name, type=_PARAMETER_TYPES[kind], description=spec.description,
         additional_constraints="; ".join(constraints), read_only=spec.when == "startup",

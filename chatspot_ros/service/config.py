@@ -44,6 +44,12 @@ class ParamSpec:
     def field(self) -> str:
         return self.name.replace(".", "_")
 
+    @property
+    def applies(self) -> str:
+        """When a change takes effect, in words ("" = at once): descriptors and ``--help`` say it."""
+        return {"always": "", "activate": "applies at activation", "configure": "applies at configure",
+                "startup": "read at start-up"}[self.when]
+
 
 P = ParamSpec
 PARAMETERS: tuple[ParamSpec, ...] = (

@@ -32,8 +32,13 @@ class FakeRuntime:
     backend_name = "torch"
     default_dialect = "llava"
 
+    prompt_form = "conversation"
+
     def __init__(self) -> None:
         self.closed = False
+
+    def status(self) -> dict[str, Any]:
+        return {}
 
     def close(self) -> None:
         self.closed = True
@@ -74,12 +79,7 @@ def node_and_model() -> Iterator[tuple[ChatSpotAgentNode, FakeChatSpot]]:
     node = ChatSpotAgentNode(context=context, namespace=NAMESPACE, parameter_overrides=[
         Parameter("model.path", value="/fake/checkpoint"), Parameter("autostart", value=False)])
 
-    def load(config: Any) -> FakeChatSpot:
-        node._model_info = {"model": "fake", "family": "llava", "backend": "torch", "device": "cpu",
-                            "dtype": "float32", "dialect": "llava"}
-        return fake
-
-    node._load_model = load  # type: ignore[method-assign]
+    node.service.loader = lambda config: fake  # type: ignore[assignment,return-value]
     executor = MultiThreadedExecutor(num_threads=4, context=context)
     executor.add_node(node)
     thread = threading.Thread(target=executor.spin, daemon=True)
@@ -133,7 +133,7 @@ def test_a_bug_in_a_request_handler_fails_that_request_with_a_reason(node_and_mo
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise KeyError("bug")
 
-    node._prepare_request = broken  # type: ignore[method-assign]
+    node.service._prepare = broken  # type: ignore[method-assign]
     with RosClient(NAMESPACE) as client:
         response = client.call(AskRegion, "ask", AskRegion.Request(question="What?"))
         assert not response.success and response.message == "internal error: KeyError: 'bug'"
@@ -149,7 +149,7 @@ def test_stage_times_come_from_the_cores_report_once(node_and_model) -> None:
     node, _ = node_and_model
     answer = RegionAnswer(None, "p", "x", Generation("x", 3, 40.0, 200.0, "eos"), 7.0)
     report = FrameAnswers((answer,) * 3, 7.0, False, (BatchTiming(0, (0, 1, 2), 40.0, 200.0, 9),), 250.0)
-    node._observe(report, 0.5)  # three answers decoded as one batch
+    node.service.record_timings(report, 0.5)  # three answers decoded as one batch
     stages = node.stats.stages()
     assert (stages["vision"].last_ms, stages["prefill"].last_ms, stages["decode"].last_ms) == (7.0, 40.0, 200.0)
     assert node.stats.tokens_per_s() == pytest.approx(9 / 0.2)
