@@ -207,12 +207,13 @@ def _run(args: argparse.Namespace) -> int:
         print(f"answer-box route on unseen frames (teacher-forced REC Acc@0.5): box the route finds "
               f"{rec['found']:.1%}, its readout {rec['readout']:.1%}")
     if args.freeze_path:
-        from chatspot_ros.training.referring_path import check_shapes, freeze, layout_for
+        from chatspot_ros.training.referring_path import freeze, wiring_problems
+        from chatspot_ros.training.tabletop_model import COORD_TOKENS
 
-        try:
-            check_shapes(setup.model.config, layout_for(setup.model.config))
-        except ValueError as exc:
-            print(f"--freeze-path: {setup.origin} has no wired referring path ({exc})", file=sys.stderr)
+        problems = wiring_problems(setup.model, setup.tokenizer, COORD_TOKENS)
+        if problems:  # freezing an unwired model would pin its pretrained layers and LM-head columns for nothing
+            print(f"chatspot-train: error: --freeze-path: {setup.origin} does not carry the wired referring path "
+                  f"({problems[0]}); train it without --freeze-path", file=sys.stderr)
             return 2
 
         frozen = set(freeze(setup.model))

@@ -704,6 +704,72 @@ def check_path(model: Any, probe: Probe, layout: PathLayout) -> dict[str, float]
     return {k: float(np.mean(v)) for k, v in out.items()} | {f"min_{k}": float(np.min(v)) for k, v in out.items()}
 
 
+def wiring_problems(model: Any, tokenizer: Any, coord_tokens: Sequence[str]) -> list[str]:
+    """What a checkpoint lacks of the wired route, checked on the weights themselves (empty: wired).
+
+    Shapes alone prove nothing (a LLaVA-1.5-7B has room for the route), so this reads the values
+    that ``wire_*`` write and that neither calibration nor training with ``freeze`` changes: the
+    vision tower's column/row one-hots, the TEXT/COORD/bracket markers and the bound codes of
+    every coordinate token in the input embeddings, the copy heads of layers 2 and 3, and the LM
+    head's box-readout columns (2 t : 1 - t^2, up to one scale). ``wire_projector`` is not checked:
+    stage 0 writes it again after the tower has learned."""
+    import torch
+
+    try:
+        layout = layout_for(model.config)
+        check_shapes(model.config, layout)
+    except (ValueError, AttributeError, ZeroDivisionError) as exc:
+        return [str(exc)]
+    problems: list[str] = []
+    L, g = layout, layout.grid
+    ids = tokenizer.convert_tokens_to_ids(list(coord_tokens))
+    specials = {name: tokenizer.convert_tokens_to_ids(name) for name in ("[", "]", ",")}
+    if any(i is None or i == tokenizer.unk_token_id for i in ids + list(specials.values())):
+        return ["the tokenizer lacks single coordinate tokens '0.00'..'1.00' or '[', ']', ','"]
+    lm = model.model.language_model
+    with torch.no_grad():
+        close = lambda a, b: bool(torch.allclose(a.float(), torch.as_tensor(b, dtype=torch.float32), atol=1e-3))  # noqa: E731
+        pos = model.model.vision_tower.embeddings.position_embedding.weight[1:1 + g * g, :L.vision_dims].float()
+        want = torch.zeros(g * g, L.vision_dims)
+        for r in range(g):
+            for c in range(g):
+                want[r * g + c, [c, g + c, 2 * g + r, 3 * g + r]] = torch.tensor([1.0, -1.0, 1.0, -1.0])
+        if not close(pos, want):
+            problems.append("the vision tower's position embedding carries no patch column/row one-hots")
+        emb = lm.get_input_embeddings().weight.float()
+        if not close(emb[:, L.TEXT], torch.ones(emb.shape[0])):
+            problems.append("the input embeddings carry no TEXT marker")
+        coord = torch.zeros(emb.shape[0])
+        coord[ids] = 1.0
+        if not close(emb[:, L.COORD], coord):
+            problems.append("the coordinate tokens carry no COORD marker")
+        low, high = bound_codes([float(t) for t in coord_tokens], g)
+        if not (close(emb[ids, L.low], low) and close(emb[ids, L.high], high)):
+            problems.append("the coordinate tokens carry no bound codes")
+        if not (close(emb[specials["["], L.OPEN], 1.0) and close(emb[specials["]"], L.CLOSE], 1.0)):
+            problems.append("'[' and ']' carry no markers")
+        hd = model.config.text_config.hidden_size // model.config.text_config.num_attention_heads
+        for layer, src, dst in ((2, L.image, L.region), (3, L.region, L.answer_region)):
+            attn = lm.layers[layer].self_attn
+            v = attn.v_proj.weight[:L.image_dims, src].float()
+            o = attn.o_proj.weight[dst, :L.image_dims].float()
+            if not (close(v, torch.eye(L.image_dims)) and close(o, torch.eye(L.image_dims))):
+                problems.append(f"decoder layer {layer} holds no wired copy head")
+        readout = model.lm_head.weight[ids][:, L.sel:L.sel + 2].float()
+        t = torch.tensor([float(c) for c in coord_tokens])
+        scale = float(readout[:, 1].max())
+        if scale <= 0 or not close(readout / scale, torch.stack([2 * t, 1 - t * t], 1)):
+            problems.append("the LM head holds no box-readout columns")
+    return problems
+
+
+def verify_wiring(model: Any, tokenizer: Any, coord_tokens: Sequence[str]) -> None:
+    """Raise ValueError (one line) unless the model carries the wired route (``wiring_problems``)."""
+    problems = wiring_problems(model, tokenizer, coord_tokens)
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
 def _causal(scores: Any) -> Any:
     import torch
 

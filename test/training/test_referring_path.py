@@ -85,6 +85,8 @@ def test_stage0_keeps_the_position_dims_and_freeze_stops_the_path(smoke_setup_fa
     assert not torch.equal(tower.embeddings.position_embedding.weight[:, layout.vision_dims:], other)
     for layer in tower.encoder.layers:
         assert not layer.mlp.fc2.weight[:layout.vision_dims].any()
+    rp.wire_projector(setup.model, layout, head)  # as chatspot-train does after stage 0
+    assert rp.wiring_problems(setup.model, setup.tokenizer, tm.COORD_TOKENS) == []  # --freeze-path accepts it
     frozen = rp.freeze(setup.model)
     assert any(n.startswith("layers.3.") for n in frozen) and not any(n.startswith("layers.4.") for n in frozen)
     trainable = {n for n, p in setup.model.named_parameters() if p.requires_grad}
