@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from chatspot_ros.cli.errors import cli_main, finish_parser
 from chatspot_ros.runtime.config import COMPILE_MODES, DECODERS, DTYPES, QUANTIZATIONS, VISION_BACKENDS
 from chatspot_ros.runtime.vision import CHANNELS_LAST
 
@@ -80,13 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--model", help="an existing local checkpoint folder instead of a preset")
     parser.add_argument("--model-cache", default=None, help="where to build/reuse the preset checkpoint")
     parser.add_argument("--k", type=int, nargs="+", default=[1, 4, 16], help="regions per frame")
-    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=16, help="tokens decoded per region")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per config (median reported)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu | cuda | cuda:N (default here: cuda when torch sees a GPU, else cpu)")
     parser.add_argument("--dtype", default=None, choices=DTYPES, help="default float32 on cpu, float16 on cuda")
     parser.add_argument("--quantization", default="none", choices=QUANTIZATIONS,
                         help="weight-only quantization of the LLM (torchao): int8, int4 (CUDA)")
-    parser.add_argument("--vision-backend", default="torch", choices=VISION_BACKENDS)
+    parser.add_argument("--vision-backend", default="torch", choices=VISION_BACKENDS,
+                        help="what runs the vision tower (docs/runtime.md)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     parser.add_argument("--frame-size", default="640x480", help="WxH of the synthetic camera frame")
     parser.add_argument("--json", action="store_true", help="one JSON object per config")
@@ -104,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_backend_arguments(parser.add_argument_group("vllm (--backend vllm adds the served engine as a third column)"))
     parser.set_defaults(server_concurrency=16, server_timeout=300.0)  # all K regions of a frame in flight at once
-    return parser
+    return finish_parser(parser)
 
 
 def _sync(device: torch.device) -> None:
@@ -420,6 +423,7 @@ def _print_vllm_table(rows: Sequence[BenchRow]) -> None:
             print(f"# K={r.k}: vllm ids differ from naive generate for regions {r.vllm_divergent}")
 
 
+@cli_main("chatspot-bench")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -20,31 +20,54 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from chatspot_ros.cli.errors import UsageError, cli_main, existing_path, finish_parser
 from chatspot_ros.runtime.config import DTYPES
+
+PROG = "chatspot-build-engine"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="chatspot-build-engine", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
     parser.add_argument("--model", required=True, help="local checkpoint folder (llava-hf layout)")
-    parser.add_argument("--engine-dir", default="engines")
-    parser.add_argument("--device", default="cuda", help="the GPU the engine is for (cuda | cuda:N)")
+    parser.add_argument("--engine-dir", default="engines", help="the engine cache folder the runtime reads")
+    parser.add_argument("--device", default="cuda",
+                        help="the GPU the engine is for (cuda | cuda:N); an engine is built on the GPU it runs on")
     parser.add_argument("--dtype", default=None, choices=DTYPES,
-                        help="dtype the model is loaded in for hashing/export (default float16 on cuda)")
-    parser.add_argument("--precision", default="fp16", choices=("fp16", "fp32"))
-    parser.add_argument("--min-batch", type=int, default=1)
-    parser.add_argument("--opt-batch", type=int, default=1)
-    parser.add_argument("--max-batch", type=int, default=4)
-    parser.add_argument("--workspace-gib", type=float, default=4.0)
-    parser.add_argument("--onnx-only", action="store_true", help="export the ONNX graph and stop")
+                        help="dtype the model is loaded in for hashing/export (default: float16 on cuda, "
+                             "float32 for --onnx-only on a machine without CUDA)")
+    parser.add_argument("--precision", default="fp16", choices=("fp16", "fp32"), help="the engine's precision")
+    parser.add_argument("--min-batch", type=int, default=1, help="smallest batch of frames the engine accepts")
+    parser.add_argument("--opt-batch", type=int, default=1, help="the batch TensorRT tunes for")
+    parser.add_argument("--max-batch", type=int, default=4, help="largest batch of frames the engine accepts")
+    parser.add_argument("--workspace-gib", type=float, default=4.0, help="TensorRT builder workspace in GiB")
+    parser.add_argument("--onnx-only", action="store_true",
+                        help="export the ONNX graph and stop (no GPU or TensorRT needed)")
     parser.add_argument("--force", action="store_true", help="rebuild even when a valid engine exists")
     parser.add_argument("--check", action="store_true", help="after building, load it and compare with torch")
-    return parser
+    parser.add_argument("--verbose", action="store_true", help="tracebacks on errors")
+    return finish_parser(parser)
 
 
+def check_device(device: str, onnx_only: bool, cuda_available: bool) -> None:
+    """A TensorRT engine is built for, and on, a CUDA GPU: say so before loading anything."""
+    if onnx_only:
+        return
+    if not device.startswith("cuda"):
+        raise UsageError(f"--device {device}: a TensorRT engine is built for a CUDA GPU; give --device cuda (or "
+                         f"cuda:N) on a GPU machine, or --onnx-only to export only the ONNX graph here")
+    if not cuda_available:
+        raise UsageError("no CUDA GPU here (torch sees none): a TensorRT engine is built on the GPU it will run on; "
+                         "run this on that machine, or pass --onnx-only to export only the ONNX graph")
+
+
+@cli_main(PROG)
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    existing_path(args.model, "--model", kind="dir", hint="give a checkpoint folder (llava-hf layout)")
     import torch
+
+    check_device(args.device, args.onnx_only, torch.cuda.is_available())
 
     from chatspot_ros.runtime.backends import check_engine_dir
     from chatspot_ros.runtime.config import RuntimeConfig
@@ -92,8 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps({"engine": str(path), "max_abs_diff_vs_torch": delta.max_abs,
                               "relative_diff_vs_torch": delta.relative}))
     except (FileNotFoundError, ValueError, ImportError, RuntimeError) as err:
-        print(f"chatspot-build-engine: error: {err}", file=sys.stderr)
-        return 2
+        raise UsageError(str(err)) from err
     return 0
 
 

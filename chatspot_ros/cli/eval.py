@@ -18,6 +18,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from chatspot_ros.cli.errors import cli_main, finish_parser, writable_folder
+from chatspot_ros.cli.threads import configure_threads
 from chatspot_ros.remote.cli import add_backend_arguments, server_config_from_args
 from chatspot_ros.runtime.config import DTYPES, QUANTIZATIONS, VISION_BACKENDS
 
@@ -33,23 +35,25 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--dtype", default=None, choices=DTYPES, help="default: float32 on cpu, float16 on cuda")
     model.add_argument("--quantization", default="none", choices=QUANTIZATIONS,
                         help="weight-only quantization of the LLM (torchao): int8, int4 (CUDA)")
-    model.add_argument("--vision-backend", default="torch", choices=VISION_BACKENDS)
-    model.add_argument("--engine-dir", default="engines")
-    model.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    model.add_argument("--vision-backend", default="torch", choices=VISION_BACKENDS,
+                       help="what runs the vision tower (docs/runtime.md)")
+    model.add_argument("--engine-dir", default="engines", help="TensorRT/ONNX engine cache (chatspot-build-engine)")
+    model.add_argument("--threads", type=int, default=None,
+                       help="torch CPU threads (default: one per core, waiting threads sleep; docs/evaluation.md)")
     add_backend_arguments(parser.add_argument_group("backend (--backend vllm: --model is the served checkpoint's "
                                                     "config files)"))
 
     data = parser.add_argument_group("inputs (any subset)")
-    data.add_argument("--world", type=Path, help="a tabletop-world split folder (write_split): instances.json, "
+    data.add_argument("--world", type=Path, help="a tabletop-world split folder (chatspot-world render): instances.json, "
                       "images/, refs.jsonl, region_qa.jsonl, tasks.jsonl; classification with boxes and clicks")
     data.add_argument("--coco", type=Path, help="COCO instances JSON (region classification)")
     data.add_argument("--images", type=Path, help="the folder of the COCO images (default of the other folders)")
     data.add_argument("--detections", type=Path, help="COCO results JSON of a detector on the --coco images")
-    data.add_argument("--det-max-per-image", type=int, default=100)
-    data.add_argument("--det-min-score", type=float, default=0.0)
+    data.add_argument("--det-max-per-image", type=int, default=100, help="detections kept per image, best first")
+    data.add_argument("--det-min-score", type=float, default=0.0, help="detections below this score are dropped")
     data.add_argument("--ocr", type=Path, help="COCO-Text v2 JSON (regional OCR)")
     data.add_argument("--ocr-images", type=Path, help="the COCO-Text images folder (default: --images)")
-    data.add_argument("--ocr-split", default="val", choices=("train", "val", "all"))
+    data.add_argument("--ocr-split", default="val", choices=("train", "val", "all"), help="COCO-Text split")
     data.add_argument("--vqa", type=Path, help="region VQA JSONL {image, question, answers, box | point}")
     data.add_argument("--refs", type=Path, help="REC: JSONL {image, expression, bbox} or a refs(unc).p pickle")
     data.add_argument("--refs-instances", type=Path, help="the instances.json beside a refs pickle")
@@ -71,15 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0, help="seed of the subset, the noise and the swap partners")
 
     how = parser.add_argument_group("how")
-    how.add_argument("--out", type=Path, required=True, help="output folder")
+    how.add_argument("--out", type=Path, required=True,
+                     help="output folder (new or empty; see --overwrite and --resume)")
     how.add_argument("--batch-regions", type=int, default=16, help="prompts decoded together (default 16)")
     how.add_argument("--max-new-tokens", type=int, default=None,
                      help="answer budget for every task (default per task: 32, REC 48, action plans 160)")
     how.add_argument("--resume", action="store_true", help="continue the run in --out from its predictions")
     how.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     how.add_argument("--no-progress", action="store_true", help="no progress bar")
-    how.add_argument("--verbose", action="store_true")
-    return parser
+    how.add_argument("--verbose", action="store_true", help="log what loads and runs; tracebacks on errors")
+    return finish_parser(parser)
 
 
 def config_from_args(args: argparse.Namespace):  # -> EvalConfig
@@ -104,6 +109,7 @@ def config_from_args(args: argparse.Namespace):  # -> EvalConfig
     return EvalConfig(out_dir=args.out, **explicit, **options)
 
 
+@cli_main("chatspot-eval")
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -119,10 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     chatspot = None
     try:
         config = config_from_args(args)
-        if args.threads is not None:
-            import torch
-
-            torch.set_num_threads(args.threads)
+        if not args.resume:  # outputs never mix runs: an earlier run is replaced only with --overwrite
+            writable_folder(args.out, "--out", overwrite=args.overwrite)
+        configure_threads(args.threads)
         dtype = args.dtype or ("float32" if args.device == "cpu" else "float16")
         if args.backend == "vllm":
             chatspot = ChatSpot.from_server(server_config_from_args(args, str(args.model)), dialect=args.dialect)

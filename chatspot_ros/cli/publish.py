@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from chatspot_ros.cli.errors import EXIT_USAGE, UsageError
+from chatspot_ros.cli.errors import EXIT_USAGE, UsageError, cli_main
 
 PROG = "chatspot-publish"
 
@@ -128,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+@cli_main(PROG)  # the one error contract (chatspot_ros/cli/errors.py)
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

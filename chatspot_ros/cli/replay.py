@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from chatspot_ros.cli.errors import EXIT_USAGE, UsageError
+from chatspot_ros.cli.errors import EXIT_USAGE, UsageError, cli_main
 from chatspot_ros.remote.cli import add_backend_arguments
 from chatspot_ros.runtime.config import DTYPES, QUANTIZATIONS, VISION_BACKENDS
 
@@ -135,7 +135,6 @@ def _parse_value(text: str) -> Any:
 
 def load_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Any:
     """The node's AgentConfig: parameter file, then -p, then the model options that were given."""
-    from chatspot_ros.models import shipped_model
     from chatspot_ros.service.config import PARAMETERS_BY_NAME, AgentConfig
 
     path = Path(args.params_file) if args.params_file else default_params_file()
@@ -161,45 +160,9 @@ def load_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> An
         config = AgentConfig.from_parameters(values)
     except (TypeError, ValueError) as err:
         raise UsageError(f"invalid node parameters: {err}") from None
-    if not config.model_path.strip():
-        if config.model_backend != "local":
-            raise UsageError("--backend vllm needs --model: a local copy of the served checkpoint's config files")
-        config = config.replace({"model.path": str(shipped_model())})
-    return config
-
-
-def load_chatspot(config: Any) -> Any:
-    """The model the node would load for ``config`` (local runtime or the vLLM server)."""
-    from transformers.utils import logging as hf_logging
-
-    from chatspot_ros.pipeline import ChatSpot, load_templates
-    from chatspot_ros.runtime import RuntimeConfig
-
-    hf_logging.disable_progress_bar()  # the replay has its own progress bar
-
-    if config.model_backend == "local" and not Path(config.model_path).is_dir():
+    if config.model_backend == "local" and config.model_path.strip() and not Path(config.model_path).is_dir():
         raise UsageError(f"model folder {config.model_path} does not exist (--model)")
-    try:
-        templates = load_templates(config.referring_templates)
-    except (OSError, ValueError) as err:
-        raise UsageError(f"instruction templates: {err}") from None
-    options = dict(dialect=config.referring_format or None,
-                   precision=None if config.referring_precision < 0 else config.referring_precision, templates=templates)
-    if config.model_backend == "vllm":
-        from chatspot_ros.remote import ServerConfig
-
-        server = ServerConfig(url=config.server_url, model_config=config.server_model_config or config.model_path,
-                              model=config.server_model, timeout_s=config.server_timeout_s,
-                              max_concurrency=config.server_max_concurrency, image_format=config.server_image_format,
-                              feature_cache_size=config.model_feature_cache_size,
-                              startup_wait_s=config.server_startup_wait_s)
-        return ChatSpot.from_server(server, **options)
-    return ChatSpot.from_config(RuntimeConfig(
-        model_path=config.model_path, device=config.model_device, dtype=config.model_dtype,
-        vision_backend=config.vision_backend, engine_dir=config.vision_engine_dir,
-        feature_cache_size=config.model_feature_cache_size, trust_remote_code=config.model_trust_remote_code,
-        decoder=config.generation_decoder, compile=config.generation_compile, sync_every=config.generation_sync_every,
-        quantization=config.model_quantization), **options)
+    return config
 
 
 # -- the output folder ---------------------------------------------------------------------------
@@ -268,8 +231,9 @@ def accuracy(answers_file: Path, matcher_spec: str) -> Optional[dict[str, Any]]:
 
 def replay(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from chatspot_ros.replay import recording as rec
-    from chatspot_ros.replay.engine import Replayer, apply_limits
+    from chatspot_ros.replay.engine import Replayer
     from chatspot_ros.replay.outputs import AnswerLog, OutputBag, summary_markdown, write_csv
+    from chatspot_ros.service.agent_service import ConfigureError
 
     if not args.out:
         raise UsageError("--out is required (or --play to publish the recording)")
@@ -283,69 +247,90 @@ def replay(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         start_ns, stop_ns = _window(reader, args)
         out = Path(args.out)
         run = {"recording": str(Path(args.bag).resolve()), "topics": selected.topics, "namespace": args.namespace,
-               "parameters": {k: v for k, v in config.as_parameters().items()}, "start": args.start, "end": args.end,
+               "parameters": config.as_parameters(), "start": args.start, "end": args.end,
                "max_frames": args.max_frames}
         done = prepare_out(out, run, overwrite=args.overwrite, resume=args.resume)
-        load_start = time.perf_counter()
-        try:
-            chatspot = load_chatspot(config)
-        except UsageError:
-            raise
-        except Exception as err:  # noqa: BLE001 - the model cannot load: the user's checkpoint or server
-            raise UsageError(f"cannot load the model {config.model_path}: {type(err).__name__}: {err}") from None
-        load_s = time.perf_counter() - load_start
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # the replay has its own progress bar
         started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        bag = OutputBag(out / "recording", reader.typestore, not reader.is2)
+        bag = OutputBag(out / "recording", rec.CdrConverter(reader))
         log = AnswerLog(out / "answers.jsonl")
         read = rec.ReadStats({}, {})
+        replayer = None
         try:
-            apply_limits(chatspot, config)
-            replayer = Replayer(chatspot, config, str(chatspot.runtime.model_name), bag, log, args.namespace,
-                                done=done, debug_image=not args.no_debug_image)
+            load_start = time.perf_counter()
+            try:  # the node's model loading (AgentService.configure)
+                replayer = Replayer(config, bag, log, args.namespace, done=done, debug_image=not args.no_debug_image)
+            except ConfigureError as err:
+                raise UsageError(str(err)) from None
+            load_s = time.perf_counter() - load_start
+            for note in replayer.configure_notes:
+                print(f"{PROG}: note: {note}", file=sys.stderr)
             total = sum(c.msgcount for cs in selected.connections.values() for c in cs)
             from tqdm import tqdm
 
-            wall_start = time.perf_counter()
             with tqdm(total=total, unit="msg", desc="replay", disable=args.quiet, file=sys.stderr) as bar:
-                replayer.run(reader, selected, read, start_ns=start_ns, stop_ns=stop_ns, max_frames=args.max_frames,
-                             progress=bar.update)
-            wall_s = time.perf_counter() - wall_start
+                wall_s = replayer.run(reader, selected, read, start_ns=start_ns, stop_ns=stop_ns,
+                                      max_frames=args.max_frames, progress=bar.update)
         finally:
             log.close()
             bag.close()
-            chatspot.close()
+            if replayer is not None:
+                replayer.close()
     finally:
         reader.close()
     rows = write_csv(out / "answers.jsonl", out / "answers.csv")
-    c = replayer.counts
-    summary = {
-        "recording": str(args.bag), "output": str(out / "recording"), "model": str(config.model_path),
-        "backend": config.model_backend, "started": started, "load_s": round(load_s, 3),
-        "elapsed_s": round(wall_s, 3), "topics": selected.topics,
-        "frames": dict(c.frames),
-        "detections": dict(c.detections, unmatched_reasons=dict(c.unmatched_reasons)),
-        "regions": dict(c.regions), "clicks": dict(c.clicks),
-        "reading": {"messages": read.messages, "out_of_order": read.out_of_order,
-                    "undecodable": read.undecodable, "read_error": read.read_error, "written": bag.count},
-        "answers": rows,
-        "accuracy": accuracy(out / "answers.jsonl", args.matcher),
-        "throughput": {"wall_s": round(wall_s, 3), "model_calls": c.model_calls, "resumed_requests": c.resumed,
-                       "frames_per_s": round((c.detections["answered"] + c.clicks["answered"]) / wall_s, 3)
-                       if wall_s > 0 else 0.0,
-                       "regions_per_s": round(c.regions["answered"] / wall_s, 3) if wall_s > 0 else 0.0},
-        "errors": c.errors,
-    }
+    summary = make_summary(args, out, replayer, read, selected.topics, started, load_s, wall_s, rows, bag.count)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     (out / "summary.md").write_text(summary_markdown(summary), encoding="utf-8")
-    d = c.detections
-    print(f"{c.frames['read']} frames, {d['messages']} detection messages: {d['answered']} answered, "
-          f"{d['unmatched']} unmatched, {d['failed']} failed; {c.regions['answered']} regions in {wall_s:.1f} s "
-          f"-> {out}", flush=True)
+    d = summary["detections"]
+    print(f"{summary['frames'].get('read', 0)} frames, {d.get('messages', 0)} detection messages: "
+          f"{d.get('answered', 0)} answered, {d.get('unmatched', 0)} unmatched, {d.get('failed', 0)} failed; "
+          f"{summary['regions'].get('answered', 0)} regions in {wall_s:.1f} s -> {out}", flush=True)
     if read.read_error:
         print(f"{PROG}: warning: the recording is damaged, stopped reading: {read.read_error}; the outputs hold "
               "what was read before", file=sys.stderr)
         return 1
     return 0
+
+
+def make_summary(args: argparse.Namespace, out: Path, replayer: Any, read: Any, topics: dict[str, str],
+                 started: str, load_s: float,
+                 wall_s: float, rows: int, written: int) -> dict[str, Any]:
+    """summary.json: the service's counters (one outcome per input, as the node's /diagnostics) by kind."""
+    counters = replayer.service.stats.counters()
+
+    def section(prefix: str) -> dict[str, int]:
+        return {k[len(prefix):]: int(v) for k, v in sorted(counters.items()) if k.startswith(prefix)}
+
+    frames = section("images.")
+    frames["read"] = frames.pop("received", 0)
+    frames.update({f"frames.{k}": v for k, v in section("frames.").items()})
+    detections = section("detections.")
+    detections["messages"] = detections.pop("received", 0) + replayer.resumed["requests"]
+    detections["answered"] = detections.get("answered", 0) + replayer.resumed["requests"]
+    detections["resumed"] = replayer.resumed["requests"]
+    regions = section("regions.")
+    regions["answered"] = regions.get("answered", 0) + replayer.resumed["regions"]
+    answered = detections["answered"] + section("clicks.").get("answered", 0)
+    return {
+        "recording": str(args.bag), "output": str(out / "recording"), "model": replayer.config.model_path,
+        "backend": replayer.config.model_backend, "started": started, "load_s": round(load_s, 3),
+        "elapsed_s": round(wall_s, 3), "topics": topics,
+        "frames": frames, "detections": detections, "regions": regions, "clicks": section("clicks."),
+        "camera_info": {"received": read.messages.get("camera_info", 0), "rejected": replayer.camera_rejected},
+        "model_errors": int(counters.get("model.errors", 0)),
+        "reading": {"messages": read.messages, "out_of_order": read.out_of_order, "undecodable": read.undecodable,
+                    "read_error": read.read_error, "written": written},
+        "answers": rows,
+        "accuracy": accuracy(out / "answers.jsonl", args.matcher),
+        "throughput": {"wall_s": round(wall_s, 3), "model_calls": replayer.model_calls,
+                       "resumed_requests": replayer.resumed["requests"],
+                       "frames_per_s": round(answered / wall_s, 3) if wall_s > 0 else 0.0,
+                       "regions_per_s": round(regions["answered"] / wall_s, 3) if wall_s > 0 else 0.0},
+        "errors": replayer.errors.errors,
+    }
 
 
 def _window(reader: Any, args: argparse.Namespace) -> tuple[Optional[int], Optional[int]]:
@@ -357,6 +342,7 @@ def _window(reader: Any, args: argparse.Namespace) -> tuple[Optional[int], Optio
     return start_ns, stop_ns
 
 
+@cli_main(PROG)  # the one error contract (chatspot_ros/cli/errors.py)
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from chatspot_ros.cli.errors import EXIT_USAGE, UsageError
+from chatspot_ros.cli.errors import EXIT_USAGE, UsageError, cli_main
 
 PROG = "chatspot-studio"
 
@@ -142,6 +142,7 @@ async def serve(studio: Any) -> None:
         await studio.stop()
 
 
+@cli_main(PROG)  # the one error contract (chatspot_ros/cli/errors.py)
 def main(argv: Sequence[str] | None = None) -> int:
     ours, ros_args = split_ros_args(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(ours)

@@ -2,6 +2,7 @@
 
   chatspot-train data build --world DIR --out train.jsonl          # or --coco/--ocr/--qa/--captions
   chatspot-train data show --data train.jsonl --preset tabletop -n 3
+  chatspot-train run --preset smoke --world-seed 1 --steps 20 --out runs/smoke   # a tiny model in a minute
   chatspot-train run --preset tabletop --world-seed 1 --world-frames 20000 --steps 3000 --out runs/t1
   chatspot-train run --base llava-1.5-7b-hf --stage projector_llm --lora-r 16 --data train.jsonl --out runs/l1
 
@@ -12,11 +13,46 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import time
 from pathlib import Path
 
+from chatspot_ros.cli.errors import UsageError, cli_main, existing_path, finish_parser
 from chatspot_ros.training.recipe import STAGES, TrainConfig
+
+# Help of the TrainConfig flags (their defaults come from TrainConfig and are shown by --help).
+_CONFIG_HELP = {
+    "steps": "optimizer steps", "batch_size": "samples per step (per accumulation micro-batch)",
+    "grad_accum": "micro-batches accumulated per step", "warmup_steps": "linear learning-rate warm-up steps",
+    "max_length": "tokens per sequence, image tokens included; longer samples are rejected and counted",
+    "seed": "seed of sampling, shuffling and dropout", "threads": "torch CPU threads (0: one per core)",
+    "log_every": "steps between metrics.csv rows", "save_every": "steps between saved states (for --resume)",
+    "lora_r": "LoRA rank on the LLM (0: no LoRA; needs --stage projector_llm)", "lora_alpha": "LoRA scaling",
+    "lr": "peak learning rate", "min_lr_ratio": "the cosine schedule ends at --lr times this",
+    "weight_decay": "AdamW weight decay", "clip_grad": "gradient-norm clip", "lora_dropout": "LoRA dropout",
+}
+_CONFIG_NAMES = ("steps", "batch_size", "grad_accum", "warmup_steps", "max_length", "seed", "threads", "log_every",
+                 "save_every", "lora_r", "lora_alpha", "lr", "min_lr_ratio", "weight_decay", "clip_grad",
+                 "lora_dropout", "stage")
+
+
+def _as_flags(message: str) -> str:
+    """TrainConfig's messages name fields (lora_r, stage='x'); the user typed flags (--lora-r, --stage x)."""
+    message = re.sub(r"\bstage='(\w+)'", r"--stage \1", message)
+    for name in _CONFIG_NAMES:
+        message = re.sub(rf"(?<![-\w]){name}\b", "--" + name.replace("_", "-"), message)
+    return message
+
+
+def _read_data(path: str):  # noqa: ANN202 (list of training Samples)
+    from chatspot_ros.training.dataset import read_jsonl
+
+    existing_path(path, "--data", kind="file", hint="write one with 'chatspot-train data build'")
+    try:
+        return read_jsonl(path)
+    except ValueError as err:
+        raise UsageError(f"--data {err}") from None
 
 
 def _add_data_sources(p: argparse.ArgumentParser) -> None:
@@ -30,6 +66,9 @@ def _add_data_sources(p: argparse.ArgumentParser) -> None:
     p.add_argument("--world", action="append", default=[], help="a world split folder (chatspot-world render)")
 
 
+_SOURCE_FLAGS = ("coco", "ocr", "qa", "refs", "tasks", "captions", "world")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chatspot-train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -39,66 +78,82 @@ def _parser() -> argparse.ArgumentParser:
     build = data.add_parser("build", help="write a JSONL dataset from annotation files")
     _add_data_sources(build)
     build.add_argument("--out", required=True, help="the JSONL file to write")
-    build.add_argument("--conversations-per-image", type=int, default=4)
-    build.add_argument("--max-turns", type=int, default=3)
-    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    build.add_argument("--conversations-per-image", type=int, default=4, help="conversations drawn per image")
+    build.add_argument("--max-turns", type=int, default=3, help="question/answer turns per conversation")
+    build.add_argument("--seed", type=int, default=0, help="seed of the drawn conversations")
     build.add_argument("--render-for", help="also write LLaVA 'conversations' rendered for this checkpoint folder")
     show = data.add_parser("show", help="print rendered samples as the model will see them")
-    show.add_argument("--data", required=True)
-    show.add_argument("-n", type=int, default=3)
+    show.add_argument("--data", required=True, help="a JSONL file from 'data build'")
+    show.add_argument("-n", type=int, default=3, help="how many samples to print")
     show.add_argument("--preset", default="tabletop", help="render for a fresh preset's geometry and tokenizer")
     show.add_argument("--base", help="render for this checkpoint folder instead")
-    show.add_argument("--seed", type=int, default=0)
+    show.add_argument("--seed", type=int, default=0, help="initialization seed of the fresh preset")
+    show.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                      help="bold the supervised answers (auto: only on a terminal)")
 
     export = sub.add_parser("export", help="write a run's latest checkpoint (state/state.pt) as a model folder")
     export.add_argument("--run", required=True, help="the --out folder of a run")
     start_e = export.add_mutually_exclusive_group(required=True)
     start_e.add_argument("--preset", help="the preset the run started from")
     start_e.add_argument("--base", help="the checkpoint folder the run started from")
-    export.add_argument("--model-seed", type=int, default=0)
-    export.add_argument("--out", required=True)
-    export.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    export.add_argument("--model-seed", type=int, default=0, help="the run's --model-seed")
+    export.add_argument("--out", required=True, help="the model folder to write")
+    export.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+                        help="precision of the saved weights")
 
     run = sub.add_parser("run", help="train")
     start = run.add_mutually_exclusive_group(required=True)
-    start.add_argument("--preset", help="train a fresh tabletop model of this preset (tabletop, smoke)")
+    start.add_argument("--preset", help="train a fresh tabletop model of this preset: tabletop (the shipped "
+                       "model's shape) or smoke (a tiny one that trains in a minute, for trying the tools)")
     start.add_argument("--base", help="fine-tune this llava-hf checkpoint folder (stages 1 and 2)")
     run.add_argument("--data", action="append", default=[], help="JSONL dataset(s) from 'data build'")
     run.add_argument("--world-seed", type=int, help="draw samples from this world split on the fly")
-    run.add_argument("--world-frames", type=int, default=20000)
+    run.add_argument("--world-frames", type=int, default=20000, help="frames of --world-seed drawn from")
     run.add_argument("--out", required=True, help="run folder: metrics.csv, loss.png, state/, model/")
     run.add_argument("--stage", choices=STAGES, default=None, help="default: scratch for --preset, projector_llm for --base")
     d = TrainConfig()
     for name in ("steps", "batch_size", "grad_accum", "warmup_steps", "max_length", "seed", "threads",
                  "log_every", "save_every", "lora_r", "lora_alpha"):
-        run.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
+        run.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name), help=_CONFIG_HELP[name])
     for name in ("lr", "min_lr_ratio", "weight_decay", "clip_grad", "lora_dropout"):
-        run.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+        run.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name), help=_CONFIG_HELP[name])
     run.add_argument("--max-turns", type=int, default=3, help="turns per drawn world conversation")
     run.add_argument("--mix", default="", metavar="KIND=W,...",
-                     help="world turn weights, e.g. classify=4,locate=1 (training/sources.py SampleMix)")
+                     help="world turn weights, e.g. classify=4,locate=1 (docs/training.md)")
     run.add_argument("--vision-pretrain-steps", type=int, default=0,
-                     help="stage 0 for a fresh preset: patch colour/shape targets from the world (vision_pretrain.py)")
-    run.add_argument("--vision-pretrain-frames", type=int, default=2000)
+                     help="stage 0 for a fresh preset: patch colour/shape targets from the world (docs/training.md)")
+    run.add_argument("--vision-pretrain-frames", type=int, default=2000, help="world frames stage 0 draws from")
     run.add_argument("--freeze-path", action="store_true",
                      help="keep the wired referring path fixed (a tabletop preset after stage 0, or a checkpoint "
-                          "trained from one: referring_path.py)")
+                          "trained from one; docs/training.md)")
     run.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU)")
-    run.add_argument("--gradient-checkpointing", action="store_true")
-    run.add_argument("--device", default="cpu")
+    run.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations (less memory)")
+    run.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     run.add_argument("--dry-run", action="store_true", help="encode 1,000 samples, print token counts and rejections, stop")
     run.add_argument("--resume", action="store_true", help="continue from --out/state/state.pt")
     run.add_argument("--model-seed", type=int, default=0, help="initialization seed of a fresh preset")
     run.add_argument("--eval-world-seed", type=int, help="after training, evaluate on this world split")
-    run.add_argument("--eval-frames", type=int, default=200)
+    run.add_argument("--eval-frames", type=int, default=200, help="frames of --eval-world-seed")
     run.add_argument("--export", help="also copy the final model folder here")
-    run.add_argument("--export-dtype", default="float32", choices=("float32", "float16", "bfloat16"))
-    return parser
+    run.add_argument("--export-dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+                     help="precision of the saved model")
+    return finish_parser(parser)
 
 
 def _data_build(args: argparse.Namespace) -> int:
     from chatspot_ros.training import builders
 
+    given = [(flag, p) for flag in _SOURCE_FLAGS for p in getattr(args, flag)]
+    if not given:
+        raise UsageError("no input: give at least one of --world DIR, --coco JSON, --ocr JSON, --qa, --refs, "
+                         "--tasks or --captions JSONL (e.g. --world data/world/train from 'chatspot-world render')")
+    for flag, path in given:
+        existing_path(path, f"--{flag}", kind="dir" if flag == "world" else "file")
+    if args.images:
+        existing_path(args.images, "--images", kind="dir")
+    if Path(args.out).exists() and not args.overwrite:
+        raise UsageError(f"--out {args.out} exists; choose another file or pass --overwrite")
     samples = builders.build_samples(
         coco=args.coco, images=args.images, ocr=args.ocr, qa=args.qa, refs=args.refs, tasks=args.tasks,
         captions=args.captions, world=args.world, conversations_per_image=args.conversations_per_image,
@@ -109,6 +164,8 @@ def _data_build(args: argparse.Namespace) -> int:
         from chatspot_ros.training.model_setup import from_checkpoint
 
         setup = from_checkpoint(args.render_for)
+    if not samples:
+        raise UsageError(f"the inputs ({', '.join(p for _, p in given)}) hold no samples; nothing written")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", encoding="utf-8") as f:
@@ -125,22 +182,32 @@ def _data_build(args: argparse.Namespace) -> int:
 
 def _setup_for(preset: str | None, base: str | None, seed: int = 0):  # noqa: ANN202
     from chatspot_ros.training.model_setup import from_checkpoint, from_preset
+    from chatspot_ros.training.tabletop_model import PRESETS
 
-    return from_checkpoint(base) if base else from_preset(preset or "tabletop", seed=seed)
+    if base:
+        existing_path(base, "--base", kind="dir", hint="give a llava-hf checkpoint folder")
+        if not (Path(base) / "config.json").is_file():
+            raise UsageError(f"--base {base} has no config.json; give a llava-hf checkpoint folder")
+        return from_checkpoint(base)
+    if (preset or "tabletop") not in PRESETS:
+        raise UsageError(f"--preset {preset}: unknown; choose one of {', '.join(PRESETS)}")
+    return from_preset(preset or "tabletop", seed=seed)
 
 
 def _data_show(args: argparse.Namespace) -> int:
     from chatspot_ros.training.conversations import render_prompt_and_answers
-    from chatspot_ros.training.dataset import ConversationEncoder, read_jsonl
+    from chatspot_ros.training.dataset import ConversationEncoder
     from chatspot_ros.training.tokenization import Encoded
 
+    samples = _read_data(args.data)
     setup = _setup_for(args.preset, args.base)
     encoder = ConversationEncoder(setup.tokenizer, setup.builder, setup.conversation, setup.num_image_tokens, 4096)
-    samples = read_jsonl(args.data)
+    bold = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
+    on, off = ("\033[1m", "\033[0m") if bold else ("", "")
     for sample in samples[: args.n]:
         print(f"=== {sample.id}  {sample.image}  ({sample.source})")
         for context, answer in render_prompt_and_answers(setup.builder, setup.conversation, sample):
-            print(f"{context}\033[1m{answer}{setup.conversation.end_of_turn}\033[0m")
+            print(f"{context}{on}{answer}{setup.conversation.end_of_turn}{off}")
         result = encoder(sample)
         if isinstance(result, Encoded):
             print(f"--- {len(result.input_ids)} tokens ({setup.num_image_tokens} image), "
@@ -154,15 +221,32 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from chatspot_ros.training import card
-    from chatspot_ros.training.dataset import ConversationEncoder, read_jsonl
-    from chatspot_ros.training.export import save_llava_hf
-    from chatspot_ros.training.recipe import apply_lora, apply_stage
     from chatspot_ros.training.sources import SampleMix
-    from chatspot_ros.training.trainer import ListSource, Trainer, plot_loss_curve
+    from chatspot_ros.training.trainer import ListSource
     from chatspot_ros.training.world_source import WorldSource
 
     stage = args.stage or ("scratch" if args.preset else "projector_llm")
-    config = TrainConfig(
+    if not args.data and args.world_seed is None:
+        raise UsageError("no training data: give --data FILE.jsonl (from 'chatspot-train data build') "
+                         "and/or --world-seed S")
+    try:
+        config = _train_config(args, stage)
+    except ValueError as err:
+        raise UsageError(_as_flags(str(err))) from None
+    sources = [ListSource(_read_data(p), name=Path(p).name) for p in args.data]
+    setup = _setup_for(args.preset, args.base, args.model_seed)  # checks --preset/--base before any work
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    if args.world_seed is not None:
+        mix = SampleMix(max_turns=args.max_turns).with_weights(args.mix)
+        sources.append(WorldSource(args.world_seed, args.world_frames, mix=mix))
+    source = sources[0] if len(sources) == 1 else card.MixedSource(sources)
+    return _train(args, config, stage, setup, source)
+
+
+def _train_config(args: argparse.Namespace, stage: str) -> TrainConfig:
+    return TrainConfig(
         stage=stage, steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
         min_lr_ratio=args.min_lr_ratio, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
         clip_grad=args.clip_grad, max_length=args.max_length, seed=args.seed, threads=args.threads,
@@ -170,24 +254,22 @@ def _run(args: argparse.Namespace) -> int:
         lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, log_every=args.log_every,
         save_every=args.save_every, device=args.device,
     )
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    if not args.data and args.world_seed is None:
-        print("chatspot-train run: give --data FILE.jsonl and/or --world-seed S", file=sys.stderr)
-        return 2
-    sources = [ListSource(read_jsonl(p), name=Path(p).name) for p in args.data]
-    if args.world_seed is not None:
-        mix = SampleMix(max_turns=args.max_turns).with_weights(args.mix)
-        sources.append(WorldSource(args.world_seed, args.world_frames, mix=mix))
-    source = sources[0] if len(sources) == 1 else card.MixedSource(sources)
-    setup = _setup_for(args.preset, args.base, args.model_seed)
+
+
+def _train(args: argparse.Namespace, config: TrainConfig, stage: str, setup, source) -> int:  # noqa: ANN001
+    import torch
+
+    from chatspot_ros.training import card
+    from chatspot_ros.training.dataset import ConversationEncoder
+    from chatspot_ros.training.export import save_llava_hf
+    from chatspot_ros.training.recipe import apply_lora, apply_stage
+    from chatspot_ros.training.trainer import Trainer, plot_loss_curve
+
     trainable = apply_stage(setup.model, stage)
     resuming = args.resume and (Path(args.out) / "state" / "state.pt").exists()
     if args.vision_pretrain_steps and not resuming and not args.dry_run:
         if not args.preset or args.world_seed is None:
-            print("--vision-pretrain-steps needs --preset and --world-seed", file=sys.stderr)
-            return 2
+            raise UsageError("--vision-pretrain-steps needs --preset and --world-seed")
         from chatspot_ros.training import referring_path as rp
         from chatspot_ros.training import tabletop_model as tm
         from chatspot_ros.training.vision_pretrain import pretrain_vision, region_readout_accuracy
@@ -212,9 +294,8 @@ def _run(args: argparse.Namespace) -> int:
 
         problems = wiring_problems(setup.model, setup.tokenizer, COORD_TOKENS)
         if problems:  # freezing an unwired model would pin its pretrained layers and LM-head columns for nothing
-            print(f"chatspot-train: error: --freeze-path: {setup.origin} does not carry the wired referring path "
-                  f"({problems[0]}); train it without --freeze-path", file=sys.stderr)
-            return 2
+            raise UsageError(f"--freeze-path: {setup.origin} does not carry the wired referring path "
+                             f"({problems[0]}); train it without --freeze-path")
 
         frozen = set(freeze(setup.model))
         trainable = [n for n, p in setup.model.named_parameters() if p.requires_grad]
@@ -242,8 +323,7 @@ def _run(args: argparse.Namespace) -> int:
         if not trainer.load_state():
             print(f"--resume: no state in {out / 'state'}; starting fresh")
     elif (out / "state" / "state.pt").exists():
-        print(f"{out} holds a run already; pass --resume to continue it or choose another --out", file=sys.stderr)
-        return 2
+        raise UsageError(f"--out {out} holds a run already; pass --resume to continue it or choose another --out")
     started = time.time()
     trainer.run()
     wall = time.time() - started
@@ -272,18 +352,15 @@ def _export(args: argparse.Namespace) -> int:
 
     state_path = Path(args.run) / "state" / "state.pt"
     if not state_path.is_file():
-        print(f"{state_path} does not exist: is --run the --out folder of a chatspot-train run?", file=sys.stderr)
-        return 2
+        raise UsageError(f"--run {args.run}: no {state_path}; give the --out folder of a chatspot-train run")
     state = torch.load(state_path, map_location="cpu", weights_only=False)
     if state["config"].get("lora_r"):
-        print("export of LoRA runs: let the run finish (it merges the adapters) ", file=sys.stderr)
-        return 2
+        raise UsageError("--run is a LoRA run: let it finish (it merges the adapters), then use its model/ folder")
     setup = _setup_for(args.preset, args.base, args.model_seed)
     named = dict(setup.model.named_parameters())
     unknown = [n for n in state["trainable"] if n not in named]
     if unknown:
-        print(f"{state_path} does not belong to this model: unknown parameters {unknown[:3]}", file=sys.stderr)
-        return 2
+        raise UsageError(f"{state_path} does not belong to this --preset/--base: unknown parameters {unknown[:3]}")
     with torch.no_grad():
         for name, tensor in state["trainable"].items():
             named[name].copy_(tensor)
@@ -297,6 +374,7 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+@cli_main("chatspot-train", interrupt_hint="a run continues from its last saved state with --resume")
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)

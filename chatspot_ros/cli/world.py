@@ -8,8 +8,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+from chatspot_ros.cli.errors import UsageError, cli_main, finish_parser, writable_folder
+
+# What `render` writes into --out; --overwrite removes these first so two runs never mix.
+RENDER_OUTPUTS = ("images", "instances.json", "refs.jsonl", "region_qa.jsonl", "tasks.jsonl")
 
 
+@cli_main("chatspot-world")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="chatspot-world", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -21,17 +28,19 @@ def main(argv: list[str] | None = None) -> int:
                         "sizes, overlap, tables): its variant and seed")
     render.add_argument("--variant", help="draw frames by a hard split's rules (standard, crowded, same_category, "
                         "sizes, overlap, tables); default: the --split's, else standard")
-    render.add_argument("--frames", type=int, required=True)
+    render.add_argument("--frames", type=int, required=True, help="how many frames to render")
     render.add_argument("--start", type=int, default=0, help="index of the first frame")
-    render.add_argument("--out", required=True)
+    render.add_argument("--out", required=True, help="the split folder to write (new or empty)")
+    render.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier split in a non-empty --out (its images and annotation files)")
     show = sub.add_parser("show", help="draw one frame with its annotations")
-    show.add_argument("--seed", type=int, required=True)
-    show.add_argument("--index", type=int, default=0)
-    show.add_argument("--out", required=True, help="PNG to write")
+    show.add_argument("--seed", type=int, required=True, help="the split's seed")
+    show.add_argument("--index", type=int, default=0, help="the frame's index in the split")
+    show.add_argument("--out", required=True, help="PNG to write (its folder must exist)")
     from chatspot_ros.world.bag import add_bag_parser, run_bag
 
     add_bag_parser(sub)  # chatspot-world bag: a robot log (docs/replay.md)
-    args = parser.parse_args(argv)
+    args = finish_parser(parser).parse_args(argv)
     if args.command == "bag":
         return run_bag(args)
     if args.command == "render":
@@ -48,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         variant, seed = args.variant or variant, args.seed if args.seed is not None else seed
         if seed is None:
             parser.error("give --seed or --split")
+        writable_folder(args.out, "--out", overwrite=args.overwrite, outputs=RENDER_OUTPUTS)
         out = write_split(args.out, seed, args.frames, start=args.start, progress=True, variant=variant,
                           split=args.split)
         print(f"wrote {args.frames} frames of world seed {seed} ({variant}) to {out}")
@@ -56,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from chatspot_ros.world import region_caption, render as render_frame, sample_scene
 
+    folder = Path(args.out).expanduser().resolve().parent
+    if not folder.is_dir():
+        raise UsageError(f"--out {args.out}: the folder {folder} does not exist; create it or choose another path")
     scene = sample_scene(args.seed, args.index)
     image = Image.fromarray(render_frame(scene))
     draw = ImageDraw.Draw(image)
@@ -63,7 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         draw.rectangle(obj.box, outline=(255, 255, 255))
         draw.text((obj.box[0], max(0, obj.box[1] - 11)), obj.category, fill=(255, 255, 255))
         print(f"{obj.category:16s} box {tuple(int(v) for v in obj.box)}  {region_caption(obj)}")
-    image.save(args.out)
+    try:
+        image.save(args.out)
+    except ValueError as err:  # PIL: unknown file extension
+        raise UsageError(f"--out {args.out}: {err}; give a .png (or .jpg) file name") from None
     print(f"wrote {args.out}")
     return 0
 

@@ -15,9 +15,10 @@ def add_backend_arguments(parser: argparse.ArgumentParser | Any) -> None:
     parser.add_argument("--server", default="", metavar="URL", help="the vLLM server, e.g. http://127.0.0.1:8000")
     parser.add_argument("--server-model", default="", metavar="NAME",
                         help="the served model name (default: the --model folder's name)")
-    parser.add_argument("--server-timeout", type=float, default=60.0, metavar="S", help="per request (default 60)")
+    parser.add_argument("--server-timeout", type=float, default=60.0, metavar="S",
+                        help="per request, seconds (default: %(default)s)")
     parser.add_argument("--server-concurrency", type=int, default=8, metavar="N",
-                        help="requests in flight at once (default 8)")
+                        help="requests in flight at once (default: %(default)s)")
     parser.add_argument("--image-format", default="png", choices=IMAGE_FORMATS,
                         help=f"how the frame is sent (default png, lossless). API key: ${DEFAULT_API_KEY_ENV}")
 
