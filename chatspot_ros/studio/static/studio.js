@@ -11,7 +11,7 @@ const S = {               // the page's state (also handy in the browser console
   polygon: [], drag: null,
   active: null,           // the running question: {id, kind, question, region, frame, started}
   shown: null,            // the answer drawn on the frozen frame: {region, text, ok}
-  framesShown: 0, framesDropped: 0, errors: [], answers: [], nextId: 1,
+  framesShown: 0, framesDropped: 0, partials: 0, errors: [], answers: [], nextId: 1,
 };
 window.studio = S;
 
@@ -68,6 +68,7 @@ function onJson(msg) {
     case "overlay": S.overlay = msg; if (!S.frozen) render(); break;
     case "partial":
       if (S.active && msg.id === S.active.id) {
+        S.partials += 1;
         $("answer").textContent = msg.text;
         $("answer-state").textContent = `streaming: ${msg.tokens} tokens`;
       }
@@ -124,7 +125,7 @@ function render() {
   const lw = Math.max(1, Math.round(width / 320));
   if (!S.frozen && S.overlay && $("overlay-toggle").checked) {
     for (const r of S.overlay.regions) {
-      drawRegion(r, COLORS.overlay, lw);
+      drawRegion(r, COLORS.overlay, 2 * lw);
       const words = [r.label, r.text].filter((t) => t).join(": ");
       if (words) label(words, r.points[0][0], r.points[0][1], COLORS.overlay);
       S.overlayDrawn += 1;
