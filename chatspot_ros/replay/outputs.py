@@ -60,14 +60,13 @@ class OutputBag:
     """A rosbag2 folder with MCAP storage: the input messages copied as recorded (ROS 1 ones
     converted to CDR) and the replay's outputs."""
 
-    def __init__(self, path: Path, source_typestore: Any, source_is_ros1: bool) -> None:
+    def __init__(self, path: Path, to_cdr: Any) -> None:
         from rosbags.rosbag2 import StoragePlugin, Writer
 
         self.path = path
         self._writer = Writer(path, version=9, storage_plugin=StoragePlugin.MCAP)
         self._writer.open()
-        self._source_ts = source_typestore
-        self._ros1 = source_is_ros1
+        self._to_cdr = to_cdr  # recording.CdrConverter
         self._ts = T.typestore()
         self._connections: dict[tuple[str, str], Any] = {}
         self.count = 0
@@ -79,10 +78,9 @@ class OutputBag:
         return self._connections[key]
 
     def copy(self, topic: str, msgtype: str, time_ns: int, raw: bytes) -> None:
-        """An input message, as recorded."""
-        ts = self._source_ts
-        data = ts.ros1_to_cdr(raw, msgtype) if self._ros1 else raw
-        self._writer.write(self._connection(topic, msgtype, ts), time_ns, data)
+        """An input message, as recorded (ROS 1 messages in their ROS 2 layout)."""
+        data = self._to_cdr(msgtype, raw)
+        self._writer.write(self._connection(topic, msgtype, self._to_cdr.typestore), time_ns, data)
         self.count += 1
 
     def write(self, topic: str, msgtype: str, time_ns: int, msg: Any) -> None:

@@ -86,6 +86,7 @@ def play(args: Any) -> int:
         start_ns, stop_ns = _window(reader, args)
         targets = {key: node_topics[key] for key in selected.topics}  # recorded topic -> the node's topic
         types = {key: conns[0].msgtype for key, conns in selected.connections.items()}
+        to_cdr = rec.CdrConverter(reader)
         dds = DdsPublisher()
         read = rec.ReadStats({}, {})
         try:
@@ -102,8 +103,7 @@ def play(args: Any) -> int:
                     delay = wall0 + (time_ns - first) / 1e9 / args.rate - time.monotonic()
                     if delay > 0:
                         time.sleep(delay)
-                    data = raw if reader.is2 else reader.typestore.ros1_to_cdr(raw, conn.msgtype)
-                    dds.publish(targets[key], conn.msgtype, data)
+                    dds.publish(targets[key], conn.msgtype, to_cdr(conn.msgtype, raw))
         finally:
             dds.close()
     finally:

@@ -133,6 +133,28 @@ def select_inputs(reader: Any, topics: Mapping[str, str], *, prefer_compressed: 
     return Selected(used, chosen)
 
 
+class CdrConverter:
+    """A recorded message as ROS 2 CDR bytes: rosbag2 data as is; ROS 1 data migrated to the ROS 2
+    layout of the replay's typestore (the Header loses ``seq``) with rosbags' own converter."""
+
+    def __init__(self, reader: Any) -> None:
+        self._reader = reader
+        self._cache: dict[str, object] = {}
+
+    @property
+    def typestore(self) -> Any:
+        """The typestore the bytes are laid out for."""
+        return self._reader.typestore if self._reader.is2 else T.typestore()
+
+    def __call__(self, msgtype: str, raw: bytes) -> bytes:
+        if self._reader.is2:
+            return raw
+        from rosbags.convert.converter import migrate_bytes
+
+        return bytes(migrate_bytes(self._reader.typestore, T.typestore(), msgtype, msgtype, self._cache, raw,
+                                   src_is2=False, dst_is2=True))
+
+
 @dataclass
 class ReadStats:
     """What reading saw: messages per key, header stamps that went back on their topic, decode errors."""

@@ -78,7 +78,8 @@ def test_resume_after_an_interruption_asks_only_what_is_missing(world_bags: dict
     assert code == 0
     s = summary(cut)
     assert s["throughput"]["resumed_requests"] == 1 and s["throughput"]["model_calls"] == 2
-    assert _texts(cut) == _texts(full) and s["detections"] == summary(full)["detections"]
+    assert _texts(cut) == _texts(full)
+    assert {**s["detections"], "resumed": 0} == summary(full)["detections"] and s["detections"]["resumed"] == 1
     code, _, err = replay([str(world_bags["mcap"]), "--out", str(cut), "--resume", "-p", "generation.max_new_tokens=8"],
                           capsys)
     assert code == 2 and "other settings" in err
@@ -98,3 +99,18 @@ def test_the_replay_imports_no_rclpy(world_bags: dict[str, Path], tmp_path: Path
             "assert 'rclpy' not in sys.modules, 'rclpy imported'; sys.exit(rc)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_a_ros1_bag_gives_the_answers_of_its_rosbag2_original(world_bags: dict[str, Path], tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    ros1 = tmp_path / "world.bag"
+    proc = subprocess.run([sys.executable, "-m", "rosbags.convert", "--src", str(world_bags["mcap"]), "--dst", str(ros1)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert replay([str(ros1), "--out", str(tmp_path / "ros1")], capsys)[0] == 0
+    assert replay([str(world_bags["mcap"]), "--out", str(tmp_path / "ros2")], capsys)[0] == 0
+    assert _texts(tmp_path / "ros1") == _texts(tmp_path / "ros2")
+    with AnyReader([tmp_path / "ros1" / "recording"]) as reader:  # the inputs copied in their ROS 2 layout
+        conn = next(c for c in reader.connections if c.topic == "/image")
+        image = reader.deserialize(next(reader.messages([conn]))[2], conn.msgtype)
+        assert not hasattr(image.header, "seq") and image.encoding == "rgb8"
