@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from chatspot_ros.tokens import IMAGE_TOKEN
+
 CONVERSATIONS: tuple[str, ...] = ("vicuna_v1", "chatml")
 
 VICUNA_SYSTEM = (
@@ -67,7 +69,7 @@ _TEMPLATES = {
         name="vicuna_v1",
         system=VICUNA_SYSTEM,
         before_image=VICUNA_SYSTEM + " USER: ",
-        image_placeholder="<image>",
+        image_placeholder=IMAGE_TOKEN,
         after_image="\n",
         tail=" ASSISTANT:",
         stop=("</s>", "USER:"),

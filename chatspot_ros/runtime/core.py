@@ -32,8 +32,9 @@ from chatspot_ros.runtime.static_decoder import StaticDecoder, unsupported
 from chatspot_ros.runtime.loading import TORCH_DTYPES, CheckpointInfo, inspect_checkpoint, load_model
 from chatspot_ros.runtime.vision import ImagePreprocessor, VisionBackend, VisionEncoder
 
+from chatspot_ros.tokens import IMAGE_TOKEN
+
 LOGGER = logging.getLogger("chatspot_ros.runtime")
-IMAGE_TOKEN = "<image>"
 MAX_PREFIXES_PER_FRAME = 4
 
 

@@ -23,6 +23,7 @@ from chatspot_ros.runtime.projector import (
     make_linear_projector,
     projector_type_of,
 )
+from chatspot_ros.tokens import BOX_TOKENS, IMAGE_TOKEN
 
 LOGGER = logging.getLogger("chatspot_ros.runtime")
 
@@ -35,9 +36,8 @@ TORCH_DTYPES: dict[str, torch.dtype] = {
 assert tuple(TORCH_DTYPES) == DTYPES, "runtime.config.DTYPES and TORCH_DTYPES disagree"
 FAMILY_DIALECT: dict[str, str] = {"llava": "llava", "chatspot": "chatspot"}
 FAMILY_CONVERSATION: dict[str, str] = {"llava": "vicuna_v1", "chatspot": "vicuna_v1"}
-# The paper writes regions between these special tokens: a tokenizer that holds both was trained
-# on the chatspot dialect, whatever the projector (the paper says MLP in 3.1 and linear in 4.1).
-BOX_TOKENS: tuple[str, str] = ("<box>", "</box>")
+# The paper writes regions between BOX_TOKENS (chatspot_ros.tokens): a tokenizer that holds both was
+# trained on the chatspot dialect, whatever the projector (the paper says MLP in 3.1 and linear in 4.1).
 # Where transformers keeps the image processor settings, in the order it reads them itself
 # (image_processing_base.get_image_processor_dict): 5.x nests them in processor_config.json under
 # "image_processor"; 4.x and published llava-hf checkpoints have preprocessor_config.json (a
@@ -336,9 +336,9 @@ def load_model(info: CheckpointInfo, config: RuntimeConfig) -> tuple[Any, Any, A
         str(info.path), local_files_only=True, trust_remote_code=config.trust_remote_code
     )
     image_token_id = model.config.image_token_id
-    if tokenizer.convert_tokens_to_ids("<image>") != image_token_id:
+    if tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) != image_token_id:
         raise ValueError(
-            f"{info.path}: the tokenizer's '<image>' id is {tokenizer.convert_tokens_to_ids('<image>')}, "
+            f"{info.path}: the tokenizer's '{IMAGE_TOKEN}' id is {tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)}, "
             f"config.json says image_token_index={image_token_id}; the tokenizer and model do not belong together"
         )
     image_processor = load_image_processor(info.path, info.processor_config)

@@ -20,6 +20,7 @@ from chatspot_ros.referring import InstructionBuilder
 from chatspot_ros.referring.conversation import ConversationTemplate
 from chatspot_ros.training.conversations import Sample, render_prompt_and_answers
 from chatspot_ros.training.tokenization import IGNORE_INDEX, Encoded, Rejected, encode_pieces
+from chatspot_ros.tokens import IMAGE_TOKEN
 
 
 def read_jsonl(path: str | Path) -> list[Sample]:
@@ -77,7 +78,7 @@ class ConversationEncoder:
     """Renders and tokenizes samples for one checkpoint (its builder, template, tokenizer)."""
 
     def __init__(self, tokenizer: Any, builder: InstructionBuilder, conversation: ConversationTemplate,
-                 num_image_tokens: int, max_length: int, image_token: str = "<image>") -> None:
+                 num_image_tokens: int, max_length: int, image_token: str = IMAGE_TOKEN) -> None:
         self.tokenizer = tokenizer
         self.builder = builder
         self.conversation = conversation

@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from chatspot_ros.tokens import IMAGE_TOKEN
+
 # (prefix transformers 5 uses in memory, prefix published llava-hf checkpoints use), first match wins
 PUBLISHED_PREFIXES: tuple[tuple[str, str], ...] = (
     ("model.vision_tower.", "vision_tower.vision_model."),
@@ -65,7 +67,7 @@ def save_llava_hf(model: Any, tokenizer: Any, image_processor: Any, out_dir: str
         patch_size=model.config.vision_config.patch_size,
         vision_feature_select_strategy=model.config.vision_feature_select_strategy,
         num_additional_image_tokens=1,
-        image_token="<image>",
+        image_token=IMAGE_TOKEN,
     )
     processor.save_pretrained(out)  # processor_config.json (transformers 5) + tokenizer files
     image_processor.save_pretrained(out)  # preprocessor_config.json (transformers 4.x, vLLM)

@@ -538,7 +538,7 @@ def build_probe(tokenizer: Any, builder: Any, conversation: Any, preprocess: Cal
     import torch
 
     from chatspot_ros.referring import Region, RegionKind
-    from chatspot_ros.testing.tiny_model import IMAGE_TOKEN
+    from chatspot_ros.tokens import IMAGE_TOKEN
     from chatspot_ros.world.scene import render, sample_scene
 
     coord = set(tokenizer.convert_tokens_to_ids(list(coord_tokens)))
@@ -842,7 +842,7 @@ def build_box_probe(tokenizer: Any, builder: Any, conversation: Any, preprocess:
     import torch
 
     from chatspot_ros.referring import Region, RegionKind
-    from chatspot_ros.testing.tiny_model import IMAGE_TOKEN
+    from chatspot_ros.tokens import IMAGE_TOKEN
     from chatspot_ros.world.language import referring_expression
     from chatspot_ros.world.scene import render, sample_scene
 

@@ -15,37 +15,23 @@ precise referring learnable for a model this small on two CPU cores:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
+
+from chatspot_ros.modelling import LlavaShapes, clip_image_processor, special_token_ids, train_bpe
+from chatspot_ros.modelling import llava_config as _llava_config
+from chatspot_ros.tokens import IMAGE_TOKEN, SPECIAL_TOKENS  # noqa: F401 (used by the training code)
 
 COORD_TOKENS: tuple[str, ...] = tuple(f"{v / 100:.2f}" for v in range(101))  # "0.00" ... "1.00"
-from chatspot_ros.testing.tiny_model import CLIP_MEAN, CLIP_STD, IMAGE_TOKEN, SPECIAL_TOKENS  # noqa: E402
 # Pieces the byte-level BPE sees: a coarse coordinate, a single digit, a word with its leading
 # space, one punctuation mark with its leading space, runs of whitespace.
 PRETOKEN_PATTERN = r"\d\.\d\d|\d| ?[A-Za-z]+|'[a-z]+| ?[^\sA-Za-z\d]|\s+"
 
 
 @dataclass(frozen=True)
-class TabletopShapes:
+class TabletopShapes(LlavaShapes):
     """Architecture of a tabletop ChatSpot (see PRESETS)."""
 
-    image_size: int
-    patch_size: int
-    vision_hidden: int
-    vision_layers: int
-    vision_heads: int
-    vision_intermediate: int
-    text_hidden: int
-    text_layers: int
-    text_heads: int
-    text_kv_heads: int
-    text_intermediate: int
-    vocab_size: int  # BPE target
-    max_positions: int = 512
-    rope_theta: float = 1e6  # large: the slow RoPE pairs the referring path's markers use stay unrotated
-
-    @property
-    def num_image_tokens(self) -> int:
-        return (self.image_size // self.patch_size) ** 2
+    rope_theta: Optional[float] = 1e6  # large: the slow RoPE pairs the referring path's markers use stay unrotated
 
 
 PRESETS: dict[str, TabletopShapes] = {
@@ -61,7 +47,7 @@ def tokenizer_corpus(extra: Iterable[str] = ()) -> list[str]:
     """Text the tokenizer is trained on: the world's vocabulary, the templates, every coordinate."""
     from chatspot_ros.referring.conversation import VICUNA_SYSTEM
     from chatspot_ros.referring.instructions import InstructionTemplates
-    from chatspot_ros.testing.tiny_model import _WORDS
+    from chatspot_ros.modelling import WORDS as _WORDS
     from chatspot_ros.world import language, scene
 
     t = InstructionTemplates()
@@ -82,27 +68,15 @@ def tokenizer_corpus(extra: Iterable[str] = ()) -> list[str]:
 
 def build_tokenizer(vocab_size: int = 1400, extra_corpus: Iterable[str] = ()) -> Any:  # PreTrainedTokenizerFast
     """Byte-level BPE over the pre-token pattern above; every COORD_TOKENS entry is one token."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import Regex, pre_tokenizers
 
-    from chatspot_ros.testing.tiny_model import wrap_fast_tokenizer
+    from chatspot_ros.modelling import wrap_fast_tokenizer
 
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
+    pieces = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(PRETOKEN_PATTERN), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(tokenizer_corpus(extra_corpus), trainer=trainer)
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
-    )
-    tokenizer = wrap_fast_tokenizer(tok)
+    tokenizer = wrap_fast_tokenizer(train_bpe(tokenizer_corpus(extra_corpus), vocab_size, pieces))
     missing = [c for c in COORD_TOKENS if len(tokenizer(c, add_special_tokens=False)["input_ids"]) != 1]
     if missing:
         raise RuntimeError(f"tokenizer vocabulary too small: coordinates {missing[:5]} are not single tokens")
@@ -110,64 +84,14 @@ def build_tokenizer(vocab_size: int = 1400, extra_corpus: Iterable[str] = ()) ->
 
 
 def llava_config(shapes: TabletopShapes, tokenizer: Any) -> Any:  # LlavaConfig
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
-
-    special = {name: tokenizer.convert_tokens_to_ids(name) for name in SPECIAL_TOKENS}
-    vision = CLIPVisionConfig(
-        hidden_size=shapes.vision_hidden,
-        intermediate_size=shapes.vision_intermediate,
-        num_hidden_layers=shapes.vision_layers,
-        num_attention_heads=shapes.vision_heads,
-        image_size=shapes.image_size,
-        patch_size=shapes.patch_size,
-        projection_dim=shapes.vision_hidden,
-        hidden_act="quick_gelu",
-    )
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=shapes.text_hidden,
-        intermediate_size=shapes.text_intermediate,
-        num_hidden_layers=shapes.text_layers,
-        num_attention_heads=shapes.text_heads,
-        num_key_value_heads=shapes.text_kv_heads,
-        max_position_embeddings=shapes.max_positions,
-        bos_token_id=special["<s>"],
-        eos_token_id=special["</s>"],
-        pad_token_id=special["<pad>"],
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=False,  # the input embeddings carry the path's markers and stay fixed
-        rope_theta=shapes.rope_theta,
-    )
-    return LlavaConfig(
-        vision_config=vision.to_dict(),
-        text_config=text.to_dict(),
-        image_token_index=special[IMAGE_TOKEN],
-        image_seq_length=shapes.num_image_tokens,
-        projector_hidden_act="gelu",
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-1,
-        pad_token_id=special["<pad>"],
-        tie_word_embeddings=False,
-        chatspot_dialect="chatspot",
-        chatspot_conversation="vicuna_v1",
-    )
+    # The input embeddings carry the path's markers and stay fixed: embeddings are not tied.
+    return _llava_config(shapes, len(tokenizer), special_token_ids(tokenizer), vision_feature_layer=-1,
+                         tie_word_embeddings=False, chatspot_dialect="chatspot", chatspot_conversation="vicuna_v1")
 
 
 def image_processor(shapes: TabletopShapes) -> Any:  # CLIPImageProcessorPil
     """Stretch the frame to image_size x image_size (no crop: every pixel of the frame is seen)."""
-    from transformers import CLIPImageProcessorPil
-
-    return CLIPImageProcessorPil(
-        size={"height": shapes.image_size, "width": shapes.image_size},
-        do_center_crop=False,
-        do_resize=True,
-        do_rescale=True,
-        do_normalize=True,
-        do_convert_rgb=True,
-        image_mean=list(CLIP_MEAN),
-        image_std=list(CLIP_STD),
-        resample=2,
-    )
+    return clip_image_processor(shapes.image_size, center_crop=False, resample=2)
 
 
 def build_model(shapes: TabletopShapes, tokenizer: Any, seed: int = 0) -> Any:  # LlavaForConditionalGeneration
