@@ -388,7 +388,7 @@ def bandwidth_fraction(chatspot: Any, frame: np.ndarray, max_new_tokens: int) ->
 def _model_dir(args: argparse.Namespace) -> tuple[Path, str]:
     if args.model:
         return Path(args.model), Path(args.model).name
-    from chatspot_ros.testing.tiny_model import build_tiny_llava
+    from chatspot_ros.modelling import build_random_llava as build_tiny_llava
 
     folder = Path(args.model_cache) if args.model_cache else Path(tempfile.gettempdir()) / f"chatspot-bench-{args.preset}"
     if not (folder / "config.json").is_file():
