@@ -1,8 +1,8 @@
-"""The ROS 2 adapter: message conversion, the lifecycle node, diagnostics, debug drawing.
+"""The ROS 2 adapter of :mod:`chatspot_ros.service`: message conversion, the lifecycle node, its
+entry point, diagnostics, debug drawing.
 
-Only this package and ``chatspot_ros.agent`` import rclpy or ROS messages. Importing
-``chatspot_ros.ros`` itself imports nothing from ROS; the submodules ``config``, ``drawing``,
-``stats`` and ``worker`` are ROS-free too, ``convert`` needs only the message packages, and
-``node`` needs rclpy.
+Importing ``chatspot_ros.ros`` itself imports nothing from ROS; ``drawing`` and ``allocator`` are
+ROS-free, ``convert`` and ``diagnostics`` need only the message packages, ``node`` and ``agent``
+need rclpy.
 """
 from __future__ import annotations

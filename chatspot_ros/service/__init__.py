@@ -1,2 +1,3 @@
-"""The agent's ROS-free service layer: frame matching, instruction planning, request tracking,
-the model worker, statistics and the agent's configuration. The ROS node adapts it."""
+"""The agent without ROS: :class:`~chatspot_ros.service.agent_service.AgentService` and what it
+owns (frame matching, instruction planning, request tracking, the model worker, statistics, the
+agent's configuration and model choice). The ROS node (:mod:`chatspot_ros.ros.node`) adapts it."""

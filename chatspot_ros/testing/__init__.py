@@ -1,2 +1,2 @@
-"""Test and demo helpers: random-weight checkpoints built offline (no downloads)."""
+"""Names tests and scripts use for the random-weight checkpoints of :mod:`chatspot_ros.modelling`."""
 from __future__ import annotations
