@@ -93,10 +93,9 @@ def image_processor(shapes: TabletopShapes) -> Any:  # CLIPImageProcessorPil
     return clip_image_processor(shapes.image_size, center_crop=False, resample=2)
 
 
-def build_model(shapes: TabletopShapes, tokenizer: Any, seed: int = 0, wired: bool = True) -> Any:  # Llava...
+def build_model(shapes: TabletopShapes, tokenizer: Any, seed: int = 0) -> Any:  # LlavaForConditionalGeneration
     """A freshly initialized tabletop ChatSpot (seeded) with the referring path wired, not yet
-    calibrated (``calibrate_path``: it needs the prompt builder and rendered frames); ``wired=False``:
-    transformers' default initialization alone (the plain recipe)."""
+    calibrated (``calibrate_path``: it needs the prompt builder and rendered frames)."""
     import torch
     from transformers import LlavaForConditionalGeneration
 
@@ -105,12 +104,11 @@ def build_model(shapes: TabletopShapes, tokenizer: Any, seed: int = 0, wired: bo
     config = llava_config(shapes, tokenizer)
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
-    if wired:
-        layout = rp.layout_for(config)
-        rp.check_shapes(config, layout)
-        rp.wire_vision(model, layout)
-        rp.wire_projector(model, layout, seed=seed)
-        rp.wire_decoder(model, layout, tokenizer, COORD_TOKENS, seed=seed)
+    layout = rp.layout_for(config)
+    rp.check_shapes(config, layout)
+    rp.wire_vision(model, layout)
+    rp.wire_projector(model, layout, seed=seed)
+    rp.wire_decoder(model, layout, tokenizer, COORD_TOKENS, seed=seed)
     gen = model.generation_config
     gen.pad_token_id = config.text_config.pad_token_id
     gen.bos_token_id = config.text_config.bos_token_id
