@@ -99,7 +99,7 @@ class LocalBackend(Backend):
         def on_token(_row: int, text: str) -> None:  # model thread
             tokens[0] += 1
             count = tokens[0]
-            loop.call_soon_threadsafe(on_partial, text, count)
+            loop.call_soon_threadsafe(on_partial, text.lstrip(), count)  # answers are stripped too
 
         def run() -> Any:
             with self._busy:

@@ -196,11 +196,12 @@ def save_screenshot(driver: Any, path: Path, colours: int = 128) -> Path:
 class ScenePlayer:
     """Publishes one world frame as a camera stream (``fps``) and its objects' boxes as detections.
 
-    Runs its own rclpy Context and executor on a thread, in ``namespace``; detections every 5th
-    frame, labelled "object" only (a detector that finds, not names: the agent names them).
+    Runs its own rclpy Context and executor on a thread, in ``namespace``; detections every
+    ``detections_every`` frames, labelled "object" only (a detector that finds, not names: the agent
+    names them).
     """
 
-    def __init__(self, namespace: str, seed: int, index: int, fps: float = 10.0) -> None:
+    def __init__(self, namespace: str, seed: int, index: int, fps: float = 10.0, detections_every: int = 5) -> None:
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, qos_profile_sensor_data
@@ -217,6 +218,7 @@ class ScenePlayer:
         self.image_pub = self.node.create_publisher(Image, "image", qos_profile_sensor_data)
         self.det_pub = self.node.create_publisher(Detection2DArray, "detections", QoSProfile(depth=10))
         self.frames = 0
+        self.detections_every = detections_every
         self.node.create_timer(1.0 / fps, self._tick)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
@@ -240,7 +242,7 @@ class ScenePlayer:
         image.header.stamp = self.node.get_clock().now().to_msg()
         image.header.frame_id = "camera_color_optical_frame"
         self.image_pub.publish(image)
-        if self.frames % 5 == 0:
+        if self.frames % self.detections_every == 0:
             detections = Detection2DArray(header=image.header)
             for i, obj in enumerate(self.scene.objects):
                 det = Detection2D(header=image.header, id=f"object_{i}")

@@ -54,7 +54,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     studio = camera = None
     try:
         studio = StudioProcess(["--ros-args", "-r", f"__ns:={NAMESPACE}"], logs / "studio.log")
-        camera = ScenePlayer(NAMESPACE, SEED, INDEX)
+        camera = ScenePlayer(NAMESPACE, SEED, INDEX, fps=5.0, detections_every=10)
         with RosClient(NAMESPACE) as client:
             ready = client.node.create_client(AskRegion, "ask")
             assert client.spin_until(lambda: ready.service_is_ready() or not agent.alive(), 120.0) and agent.alive(), \
@@ -198,7 +198,8 @@ def test_malformed_and_oversized_messages_show_clear_errors_and_the_agent_still_
     page.execute_script("studio.ws.send(JSON.stringify({type: 'ask', id: 'x2', frame: 1, question: 'q'.repeat(20000)}));")
     wait_js(page, "studio.errors.some(e => e.text.includes('larger than the limit of 16384'))")
     page.execute_script("studio.ws.send('z'.repeat(400000));")  # above the hard cap: the server closes the socket
-    wait_js(page, "studio.errors.some(e => e.text.includes('code 1009'))", 20)
+    wait_js(page, "studio.errors.some(e => e.text.includes('a message was too large (the last one sent had "
+                  "400000 bytes; the limit is 16384)'))", 20)
     wait_js(page, "studio.connected && studio.hello", 20, "the page did not reconnect")
     shown = errors_shown(page)
     assert any("connection closed by the server" in e for e in shown), shown

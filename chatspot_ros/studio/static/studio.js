@@ -11,7 +11,7 @@ const S = {               // the page's state (also handy in the browser console
   polygon: [], drag: null,
   active: null,           // the running question: {id, kind, question, region, frame, started}
   shown: null,            // the answer drawn on the frozen frame: {region, text, ok}
-  framesShown: 0, framesDropped: 0, partials: 0, errors: [], answers: [], nextId: 1,
+  framesShown: 0, framesDropped: 0, partials: 0, lastSentBytes: 0, errors: [], answers: [], nextId: 1,
 };
 window.studio = S;
 
@@ -26,12 +26,18 @@ function connect() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const ws = new WebSocket(`${scheme}://${location.host}/ws`);
   ws.binaryType = "arraybuffer";
+  const rawSend = ws.send.bind(ws);
+  ws.send = (data) => { S.lastSentBytes = data.length; rawSend(data); };  // to explain a close
   S.ws = ws;
   ws.onopen = () => { S.connected = true; setPill($("connection"), "connected", true); };
   ws.onclose = (ev) => {
     S.connected = false;
     setPill($("connection"), "disconnected", false);
-    const why = ev.code === 1009 ? "a message was too large" : ev.reason || "no reason given";
+    const limit = S.hello ? S.hello.limits.max_message_bytes : Infinity;
+    const why = ev.code === 1009 || S.lastSentBytes > limit
+      ? `a message was too large (the last one sent had ${S.lastSentBytes} bytes; the limit is ${limit})`
+      : ev.reason || "no reason given";
+    S.lastSentBytes = 0;
     showError(`connection closed by the server (code ${ev.code}: ${why}); reconnecting`, "connection");
     if (S.active) finishActive({ ok: false, message: "connection lost", cancelled: false });
     setTimeout(connect, 1000);
