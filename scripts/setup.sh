@@ -4,7 +4,8 @@
 #   2. the ROS wheels' CMake paths pointed at this venv;
 #   3. a wire-compatible vision_msgs built into the venv when no real one is importable;
 #   4. `colcon build` of this package (its interfaces) into install/;
-#   5. this repo's Python distribution installed in editable mode (console scripts).
+#   5. this repo's Python distribution installed in editable mode (console scripts);
+#   6. Debian's chromium and chromium-driver for the studio's browser tests (as root, with apt-get).
 # Each step leaves a stamp keyed by its inputs, so a second run skips finished steps in seconds.
 set -euo pipefail
 
@@ -106,6 +107,33 @@ if ! is_done editable "$py_hash"; then
   step "installing chatspot_ros (editable, console scripts)"
   "${pip[@]}" install --progress-bar off --no-deps --no-build-isolation -e . >/dev/null
   mark_done editable "$py_hash"
+fi
+
+# 6. a browser for the studio's tests (Debian's chromium + chromium-driver) -------------------
+# Only the browser tests of chatspot-studio need it (test/studio/test_browser_*.py); the demo does not.
+browser_hash=$(printf 'chromium chromium-driver /usr/bin/chromium /usr/bin/chromedriver' | sha256sum | cut -c1-16)
+if ! is_done browser "$browser_hash" || [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
+    mark_done browser "$browser_hash"
+  elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    step "installing chromium and chromium-driver with apt-get (the studio's browser tests; about 1 minute)"
+    t0=$(date +%s)
+    mkdir -p build
+    if DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver >build/apt-browser.log 2>&1 \
+       || { apt-get update >>build/apt-browser.log 2>&1 &&
+            DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver >>build/apt-browser.log 2>&1; }; then
+      elapsed "$t0"
+      mark_done browser "$browser_hash"
+    else
+      tail -15 build/apt-browser.log
+      echo "setup: WARNING: apt-get could not install chromium and chromium-driver (log: build/apt-browser.log);" >&2
+      echo "       the studio's browser tests will fail until they are installed." >&2
+    fi
+  else
+    echo "setup: WARNING: the studio's browser tests need /usr/bin/chromium and /usr/bin/chromedriver, and this" >&2
+    echo "       setup installs them only as root with apt-get. Run: sudo apt-get install -y chromium chromium-driver" >&2
+    echo "       (Debian package names), or set CHATSPOT_SKIP_BROWSER_TESTS=1 to skip those tests." >&2
+  fi
 fi
 
 echo "[setup] ready: source scripts/env.sh to use the node and the command-line tools"
