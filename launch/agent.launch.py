@@ -19,6 +19,11 @@ Arguments (``ros2 launch chatspot_ros agent.launch.py --show-args``):
 
     ros2 launch chatspot_ros agent.launch.py model_path:=/models/llava-1.5-7b-hf start_server:=true \
         vllm_venv:=/opt/vllm-venv server_flags:="--max-num-seqs 64"
+  studio           true: also start chatspot-studio (click-to-ask in the browser, docs/studio.md) beside
+                   the node, in its namespace and with its image/detections remappings;
+                   studio_host (default 127.0.0.1), studio_port (default 8765)
+
+    ros2 launch chatspot_ros agent.launch.py studio:=true    # then open http://127.0.0.1:8765/
 
 Where ``ros2 launch`` is not available (the PyPI wheels) the same node starts with
 ``python -m chatspot_ros.agent --ros-args --params-file config/agent.yaml -p model.path:=...``.
@@ -33,7 +38,7 @@ from ament_index_python.packages import get_package_prefix, get_package_share_di
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, ExecuteProcess, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import LifecycleNode
+from launch_ros.actions import LifecycleNode, Node
 
 from chatspot_ros.remote.serve import server_beside_node
 
@@ -70,7 +75,17 @@ ARGUMENT_HELP = {
     "server_port": "Port of the server start_server starts (default 8000, on 127.0.0.1).",
     "vllm_venv": "Venv with vLLM for start_server (default $CHATSPOT_VLLM_VENV).",
     "server_flags": "Extra vLLM flags for start_server, e.g. --tensor-parallel-size 2.",
+    "studio": "true: also start chatspot-studio, the click-to-ask page (docs/studio.md).",
+    "studio_host": "Address chatspot-studio binds (default 127.0.0.1: this machine only).",
+    "studio_port": "Port of chatspot-studio (default 8765).",
 }
+# Launch argument -> the chatspot-studio option it sets when it is not empty.
+STUDIO_ARGUMENTS = {
+    "studio_host": "--host",
+    "studio_port": "--port",
+    "image_transport": "--transport",
+}
+STUDIO_EXECUTABLE = "chatspot_studio"  # installed next to EXECUTABLE
 NODE_NAME = "chatspot_agent"
 EXECUTABLE = "chatspot_agent"
 SERVE_SCRIPT = "serve_vllm.sh"  # installed next to EXECUTABLE
@@ -102,6 +117,15 @@ def _node(context, *args, **kwargs):
     remappings = [(topic, value[arg]) for arg, topic in REMAP_ARGUMENTS.items() if value[arg]]
     if value["image"]:
         remappings.append(("image/compressed", value["image"].rstrip("/") + "/compressed"))
+    if value["studio"].lower() in ("true", "1", "yes"):
+        studio_args = ["--agent", NODE_NAME]
+        for arg, option in STUDIO_ARGUMENTS.items():
+            if value[arg]:
+                studio_args += [option, value[arg]]
+        # the same topic remappings as the agent's: the studio shows what the agent sees
+        actions.append(Node(package="chatspot_ros", executable=STUDIO_EXECUTABLE, name="chatspot_studio",
+                            namespace=value["namespace"], arguments=studio_args, remappings=remappings,
+                            output="screen", emulate_tty=True))
     return actions + [LifecycleNode(
         package="chatspot_ros", executable=EXECUTABLE, name=NODE_NAME, namespace=value["namespace"],
         parameters=[params_file, overrides] if overrides else [params_file],
