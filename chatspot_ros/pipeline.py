@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Optional, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from chatspot_ros.remote.config import ServerConfig
 
 
+@runtime_checkable
 class Runtime(Protocol):
     """The model boundary ChatSpot, the agent service and the node are typed against: encode a
     frame once, then generate for any number of prompts. Implemented by the local

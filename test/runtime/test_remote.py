@@ -22,7 +22,7 @@ import pytest
 
 pytest.importorskip("openai")
 
-from chatspot_ros.pipeline import ChatSpot  # noqa: E402
+from chatspot_ros.pipeline import ChatSpot, Runtime  # noqa: E402
 from chatspot_ros.referring import Region  # noqa: E402
 from chatspot_ros.remote.client import ServerError  # noqa: E402
 from chatspot_ros.remote.config import ServerConfig, split_server_url  # noqa: E402
@@ -281,6 +281,7 @@ def test_answers_like_the_local_pipeline(fake: FakeServer, tiny_model_dir: Path)
         again = chatspot.answer_frame(img, "frame-1", reqs[:1], GenerationConfig(max_new_tokens=4))
         assert again.cache_hit and again.vision_ms == 0.0
         assert chatspot.runtime.status()["ok"] == 6
+        assert isinstance(chatspot.runtime, Runtime) and chatspot.runtime.prompt_form == "instruction"
     finally:
         chatspot.close()
 

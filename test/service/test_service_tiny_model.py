@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from chatspot_ros.pipeline import Runtime
 from chatspot_ros.referring import Region
 from chatspot_ros.service.agent_service import AgentService, ArrayFrame, Outputs, Query
 from chatspot_ros.service.inputs import DetectionRegion
@@ -17,6 +18,8 @@ def test_a_tiny_checkpoint_answers_requests_and_detections_offline(tiny_model_di
     service = AgentService(outputs=Outputs(descriptions=described.append))
     config = service.configure({"model.path": str(tiny_model_dir), "generation.max_new_tokens": 4})
     assert service.model_info["model"] and config.model_path == str(tiny_model_dir)
+    runtime = service.chatspot.runtime
+    assert isinstance(runtime, Runtime) and runtime.prompt_form == "conversation" and runtime.status() == {}
     service.start()
     try:
         rng = np.random.default_rng(0)
