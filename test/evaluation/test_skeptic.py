@@ -107,3 +107,22 @@ def test_stage0_baseline_refuses_a_model_without_the_wiring(tiny_model_dir) -> N
 
     with pytest.raises(ValueError, match="needs a wired tabletop model"):
         stage0_head_baseline(str(tiny_model_dir), [])
+
+
+def test_splits_table_puts_baselines_beside_every_figure(tmp_path) -> None:
+    from chatspot_ros.evaluation.splits_table import main, tables
+
+    group = {"n": 10, "accuracy": 0.9, "chance": 0.1, "controls": {"whole_image": {"accuracy": 0.2}},
+             "baselines": {"stage0_head": 0.85}}
+    metrics = {"run": {"world": {"split": "crowded", "seed": 3000, "frames": 5}},
+               "tasks": {"classification/box": group, "classification/point": group,
+                         "rec/expression": {"n": 10, "acc_at_0_5": 0.5, "chance": 0.3,
+                                            "controls": {"swap": {"accuracy": 0.01}}},
+                         "actions/box": {"n": 10, "accuracy": 0.9, "strict": {"accuracy": 0.4},
+                                         "controls": {"whole_image": {"accuracy": 0.0}}}}}
+    text = tables([("x/metrics.json", metrics)])
+    assert "| crowded (seed 3000, 5 frames) | 90.0 | 85.0 | 20.0 | 10.0 | 90.0 | 85.0 | 20.0 | 10 |" in text
+    assert "| crowded (seed 3000, 5 frames) | 50.0 | 30.0 | 1.0 | 90.0 | 40.0 | 0.0 | - | - | - | - |" in text
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps(metrics))
+    assert main([str(path)]) == 0 and main([]) == 2
