@@ -51,9 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="camera topic to show: image (raw) or image/compressed")
     ros.add_argument("--refer", choices=("auto", "stamp", "pixels"), default="auto",
                      help="how a question names its frozen frame: by stamp, with its pixels, or by stamp "
-                          "while the frame is younger than --stamp-max-age-s")
-    ros.add_argument("--stamp-max-age-s", type=float, default=1.0,
-                     help="with --refer auto: older frozen frames are sent as pixels")
+                          "while at most --stamp-max-frames camera frames came after it")
+    ros.add_argument("--stamp-max-frames", type=int, default=10,
+                     help="with --refer auto: a frozen frame with more newer frames is sent as pixels (keep it "
+                          "well under the agent's frames.buffer_size)")
     ros.add_argument("--answer-timeout-s", type=float, default=120.0, help="a question without answer is cancelled")
     local = parser.add_argument_group("without ROS (the pipeline in this process)")
     local.add_argument("--model", type=Path, help="checkpoint folder; selects the mode without ROS")
@@ -104,7 +105,7 @@ def make_backend(args: argparse.Namespace, ros_args: list[str], counters: Any) -
             raise UsageError(f"ROS 2 is not importable ({err}): source your ROS setup (scripts/env.sh), "
                              "or run without ROS with --model DIR --image FILE") from None
         return RosBackend(counters, ros_args=ros_args, agent=args.agent, transport=args.transport,
-                          refer=args.refer, stamp_max_age_s=args.stamp_max_age_s,
+                          refer=args.refer, stamp_max_frames=args.stamp_max_frames,
                           answer_timeout_s=args.answer_timeout_s)
     if ros_args:
         raise UsageError("--ros-args applies to the ROS mode; drop it with --model")

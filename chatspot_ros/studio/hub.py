@@ -73,6 +73,7 @@ class SourceFrame:
     height: int
     payload: Any
     received: float = field(default_factory=time.monotonic)
+    seq: int = 0  # the source's count of frames received when this one came
 
     @property
     def stamp(self) -> dict[str, int]:

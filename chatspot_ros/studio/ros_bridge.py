@@ -6,9 +6,10 @@ through ``loop.call_soon_threadsafe``) and return: the ROS side never waits on a
 event loop never waits on ROS (service and action futures are bridged into asyncio futures).
 
 A question is a ``describe`` goal (partial text as feedback, cancellable); task steps are a
-``suggest_actions`` call. Both name the frozen frame by its stamp; a frame older than
-``stamp_max_age_s`` (the agent keeps about a second of frames by default) is sent along as
-pixels in the request's ``image`` field instead, so the answer is always about the frame drawn on.
+``suggest_actions`` call. Both name the frozen frame by its stamp while fewer than
+``stamp_max_frames`` camera frames have come after it (the agent keeps the last
+``frames.buffer_size``, 30 by default); after that its pixels go in the request's ``image`` field,
+so the answer is always about the frame drawn on.
 """
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ class RosBackend(Backend):
     mode = "ros"
 
     def __init__(self, counters: Counters, *, ros_args: list[str], agent: str = "chatspot_agent",
-                 transport: str = "raw", refer: str = "auto", stamp_max_age_s: float = 1.0,
+                 transport: str = "raw", refer: str = "auto", stamp_max_frames: int = 10,
                  answer_timeout_s: float = 120.0) -> None:
         if transport not in ("raw", "compressed"):
             raise ValueError(f"transport must be raw or compressed, got {transport!r}")
@@ -63,7 +64,8 @@ class RosBackend(Backend):
             raise ValueError(f"refer must be one of {', '.join(REFER_MODES)}, got {refer!r}")
         self.counters = counters
         self.transport, self.refer = transport, refer
-        self.stamp_max_age_s, self.answer_timeout_s = stamp_max_age_s, answer_timeout_s
+        self.stamp_max_frames, self.answer_timeout_s = stamp_max_frames, answer_timeout_s
+        self._received = 0  # camera frames taken (the executor thread writes, others read)
         self.context = rclpy.Context()
         rclpy.init(args=["chatspot_studio", "--ros-args", *ros_args] if ros_args else None, context=self.context)
         self.node = rclpy.create_node("chatspot_studio", context=self.context)
@@ -135,10 +137,11 @@ class RosBackend(Backend):
 
     def _offer(self, msg: Any, width: int, height: int) -> None:
         self.counters.add("frames.received")
+        self._received += 1
         if self._sink is not None:
             stamp = msg.header.stamp
             self._sink.offer_frame(SourceFrame(stamp.sec, stamp.nanosec, msg.header.frame_id, int(width),
-                                               int(height), msg))
+                                               int(height), msg, seq=self._received))
 
     def _on_detections(self, msg: Any) -> None:
         regions, _errors, _overflow = convert.detections_to_regions(msg.detections, 64)
@@ -194,7 +197,7 @@ class RosBackend(Backend):
         """The request's stamp and image: the stamp alone while the agent still holds the frame."""
         source = frame.source
         stamp = Time(sec=source.stamp_sec, nanosec=source.stamp_nanosec)
-        old = time.monotonic() - source.received > self.stamp_max_age_s
+        old = self._received - source.seq > self.stamp_max_frames
         if self.refer == "stamp" or (self.refer == "auto" and not old):
             return stamp, Image(), "stamp"
         msg = source.payload
