@@ -248,6 +248,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ok = False
     if args.random:
         print("[demo] (the answers above come from random weights: meaningless text, as expected)")
+    print(f"[demo] click-to-ask in a browser: source scripts/env.sh && chatspot-studio --model {model} "
+          "--world-seed 2026, then open http://127.0.0.1:8765/ (docs/studio.md)")
     print(f"[demo] {'OK' if ok else 'FAILED'}")
     return 0 if ok else 1
 
