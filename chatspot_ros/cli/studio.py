@@ -40,11 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--keep-frames", type=int, default=16,
                      help="recent frames held for a page to freeze (a frozen frame is kept while frozen)")
     web.add_argument("--max-message-bytes", type=int, default=16 * 1024,
-                     help="largest page message answered with an error; ten times larger closes the socket")
+                     help="largest page message taken; a larger one gets an error, ten times larger closes the socket")
     web.add_argument("--max-upload-bytes", type=int, default=8 * 1024 * 1024, help="largest image upload")
     web.add_argument("--rate", type=float, default=20.0, help="page messages per second per page (bursts of 2x)")
+    web.add_argument("--max-pages", type=int, default=16, help="pages connected at once")
     web.add_argument("--templates", default="", metavar="YAML",
-                     help="instruction templates for the presets (default: the installed config/instructions.yaml)")
+                     help="instruction templates for the presets; empty: the installed config/instructions.yaml")
     ros = parser.add_argument_group("with ROS (default when --model is not given)")
     ros.add_argument("--agent", default="chatspot_agent", help="the agent's node name (in the studio's namespace)")
     ros.add_argument("--transport", choices=("raw", "compressed"), default="raw",
@@ -160,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = StudioConfig(host=args.host, port=args.port, fps=args.fps, jpeg_quality=args.jpeg_quality,
                                   keep_frames=args.keep_frames, limits=limits,
                                   max_ws_message_bytes=10 * args.max_message_bytes,
-                                  max_upload_bytes=args.max_upload_bytes, rate=args.rate,
+                                  max_upload_bytes=args.max_upload_bytes, rate=args.rate, max_pages=args.max_pages,
                                   allowed_origins=tuple(args.allow_origin))
             templates = load_templates(args.templates)
         except (ValueError, FileNotFoundError) as err:

@@ -221,7 +221,12 @@ class RosBackend(Backend):
         def feedback(fb: Any) -> None:  # executor thread
             loop.call_soon_threadsafe(on_partial, fb.feedback.partial, int(fb.feedback.tokens))
 
-        handle = await self._bridge(self._describe.send_goal_async(goal, feedback_callback=feedback))
+        try:
+            handle = await asyncio.wait_for(
+                self._bridge(self._describe.send_goal_async(goal, feedback_callback=feedback)), 10.0)
+        except asyncio.TimeoutError:
+            return Answer(ok=False, message="the agent did not take the describe goal within 10 s",
+                          referred_by=referred_by)
         if not handle.accepted:
             return Answer(ok=False, message="the agent rejected the describe goal", referred_by=referred_by)
         result_future = self._bridge(handle.get_result_async())

@@ -73,6 +73,7 @@ class StudioConfig:
     rate: float = 20.0  # page messages per second per page (bursts of 2x)
     allowed_origins: tuple[str, ...] = ()
     status_period_s: float = 1.0
+    max_pages: int = 16  # pages connected at once (each holds a frozen frame)
 
     def __post_init__(self) -> None:
         if not 0 < self.fps <= 60:
@@ -83,8 +84,8 @@ class StudioConfig:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
         if self.max_ws_message_bytes < self.limits.max_message_bytes:
             raise ValueError("max_ws_message_bytes must be at least limits.max_message_bytes")
-        if self.rate <= 0 or self.keep_frames < 1 or self.max_upload_bytes < 1 or self.max_upload_pixels < 1:
-            raise ValueError("rate, keep_frames, max_upload_bytes and max_upload_pixels must be positive")
+        if min(self.rate, self.keep_frames, self.max_upload_bytes, self.max_upload_pixels, self.max_pages) <= 0:
+            raise ValueError("rate, keep_frames, max_upload_bytes, max_upload_pixels and max_pages must be positive")
         for origin in self.allowed_origins:
             parts = urlsplit(origin)
             if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
@@ -114,7 +115,6 @@ class _Page:
         self.wake = asyncio.Event()
         self.requests: dict[str, tuple[asyncio.Task, asyncio.Event]] = {}
         self.frames_dropped = 0
-        self.closed = False
 
 
 class Studio(FrameSink):
@@ -291,7 +291,6 @@ class Studio(FrameSink):
             page.newest.pop(f"partial:{message.get('id')}", None)
         if len(page.outbox) >= OUTBOX_LIMIT:
             self.counters.add("pages.closed_outbox_full")
-            page.closed = True
             asyncio.ensure_future(page.ws.close(code=1008, message=b"too many unread messages"))
             return
         page.outbox.append(message)
@@ -331,6 +330,10 @@ class Studio(FrameSink):
             self.counters.add("rejected.origin")
             LOG.warning("WebSocket from origin %r refused", request.headers.get("Origin"))
             return web.json_response({"ok": False, "error": "origin not allowed"}, status=403)
+        if len(self.pages) >= self.config.max_pages:
+            self.counters.add("rejected.too_many_pages")
+            return web.json_response({"ok": False, "error": f"{self.config.max_pages} pages are open already"},
+                                     status=503)
         ws = web.WebSocketResponse(max_msg_size=self.config.max_ws_message_bytes, compress=False, heartbeat=20.0)
         await ws.prepare(request)
         self._page_numbers += 1

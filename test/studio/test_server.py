@@ -326,6 +326,23 @@ def test_origin_check_refuses_other_sites_and_allows_listed_ones() -> None:
     run(go())
 
 
+def test_the_number_of_pages_is_capped() -> None:
+    async def go() -> None:
+        async with running(ScriptedBackend(), max_pages=2) as studio, aiohttp.ClientSession() as s:
+            pages = [await connect(s, studio) for _ in range(2)]
+            with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+                await connect(s, studio)
+            assert err.value.status == 503 and studio.counters.get("rejected.too_many_pages") == 1
+            await pages[0].close()
+            for _ in range(100):
+                if len(studio.pages) < 2:
+                    break
+                await asyncio.sleep(0.02)
+            await next_json(await connect(s, studio), "hello")
+
+    run(go())
+
+
 def test_one_question_at_a_time_and_cancel_stops_it_with_the_partial_text() -> None:
     async def go() -> None:
         async with running(ScriptedBackend(words=400, word_s=0.02)) as studio, aiohttp.ClientSession() as s:
