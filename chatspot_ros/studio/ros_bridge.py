@@ -256,7 +256,8 @@ class RosBackend(Backend):
 
     async def suggest(self, frame: HeldFrame, msg: SuggestMessage, cancel: asyncio.Event) -> Answer:
         if not self._suggest.service_is_ready():
-            return Answer(ok=False, message="the agent's suggest_actions service is not available: is the agent active?")
+            return Answer(ok=False,
+                          message="the agent's suggest_actions service is not available: is the agent active?")
         request = SuggestActions.Request()
         request.stamp, request.image, referred_by = self._frame_fields(frame)
         request.region = convert.region_to_msg(msg.region) if msg.region is not None else RegionMsg(type=RegionMsg.BOX)

@@ -174,7 +174,8 @@ def ask(driver: Any, preset: Optional[str] = None, question: Optional[str] = Non
 
 
 def errors_shown(driver: Any) -> list[str]:
-    return driver.execute_script("return Array.from(document.querySelectorAll('#errors .error')).map(e => e.textContent);")
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll('#errors .error')).map(e => e.textContent);")
 
 
 def save_screenshot(driver: Any, path: Path, colours: int = 128) -> Path:

@@ -201,7 +201,8 @@ def test_malformed_and_oversized_messages_show_clear_errors_and_the_agent_still_
     page.execute_script("studio.ws.send(JSON.stringify({type: 'ask', id: 'x1', frame: studio.live.header.frame,"
                         "question: 'q', region: {kind: 'point', points: [[5000, 1]]}}));")
     wait_js(page, "studio.errors.some(e => e.text.includes('outside the 320x240 frame'))")
-    page.execute_script("studio.ws.send(JSON.stringify({type: 'ask', id: 'x2', frame: 1, question: 'q'.repeat(20000)}));")
+    page.execute_script(
+        "studio.ws.send(JSON.stringify({type: 'ask', id: 'x2', frame: 1, question: 'q'.repeat(20000)}));")
     wait_js(page, "studio.errors.some(e => e.text.includes('larger than the limit of 16384'))")
     page.execute_script("studio.ws.send('z'.repeat(400000));")  # above the hard cap: the server closes the socket
     wait_js(page, "studio.errors.some(e => e.text.includes('a message was too large (the last one sent had "

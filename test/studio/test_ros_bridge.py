@@ -10,7 +10,6 @@ import asyncio
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import numpy as np
@@ -29,14 +28,12 @@ from test_server import connect, next_json, run  # noqa: E402
 
 NAMESPACE = "/studio_bridge"
 
-
 def diagnostics(name: str, state: str) -> DiagnosticArray:
     status = DiagnosticStatus(name=f"{name}: model", message=state,
                               values=[KeyValue(key="state", value=state), KeyValue(key="model", value="tabletop")])
     latency = DiagnosticStatus(name=f"{name}: latency", message="12 ms per answer, 80.0 tokens/s",
                                values=[KeyValue(key="tokens_per_s", value="80.0")])
     return DiagnosticArray(status=[status, latency])
-
 
 def test_frames_overlays_and_agent_state_come_from_the_agents_topics_and_questions_need_the_agent() -> None:
     counters = Counters()
@@ -76,7 +73,8 @@ def test_frames_overlays_and_agent_state_come_from_the_agents_topics_and_questio
                         header, jpeg = unpack_frame(msg.data)
                 assert jpeg is not None, "no frame reached the page"
                 assert jpeg == bytes(frame_msg.data)  # a JPEG camera frame is passed through, not re-encoded
-                assert header["stamp"] == {"sec": 100, "nanosec": 5} and (header["width"], header["height"]) == (160, 120)
+                assert header["stamp"] == {"sec": 100, "nanosec": 5}
+                assert (header["width"], header["height"]) == (160, 120)
                 assert counters.get("frames.rejected") >= 1  # the broken frames are counted, never shown
                 for topic, msg, source in (("region_descriptions", descriptions, "region_descriptions"),
                                            ("detections", dets, "detections")):
@@ -112,7 +110,6 @@ def test_frames_overlays_and_agent_state_come_from_the_agents_topics_and_questio
             client.close()
 
     run(go(), 90)
-
 
 def test_a_raw_frame_is_encoded_and_an_old_frozen_frame_travels_as_pixels() -> None:
     """RosBackend's choice between naming the frame by stamp and sending its pixels (no DDS needed)."""

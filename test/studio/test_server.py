@@ -213,11 +213,13 @@ BAD_MESSAGES = [
      "two finite numbers", "invalid"),
     ('{"type": "ask", "id": "a", "frame": FRAME, "question": "q", "region": {"kind": "point", "points": [[5, 500]]}}',
      "outside the 160x120 frame", "invalid"),
-    ('{"type": "ask", "id": "a", "frame": FRAME, "question": "q", "region": {"kind": "box", "points": [[50, 50], [10, 10]]}}',
+    ('{"type": "ask", "id": "a", "frame": FRAME, "question": "q", '
+     '"region": {"kind": "box", "points": [[50, 50], [10, 10]]}}',
      "min before max", "invalid"),
     ('{"type": "ask", "id": "a", "frame": FRAME, "question": "q", "region": {"kind": "box", "points": [[1, 1]]}}',
      "needs 2 corner points", "invalid"),
-    ('{"type": "ask", "id": "a", "frame": FRAME, "question": "q", "region": {"kind": "polygon", "points": [[1, 1], [2, 2], [3, 3]]}}',
+    ('{"type": "ask", "id": "a", "frame": FRAME, "question": "q", '
+     '"region": {"kind": "polygon", "points": [[1, 1], [2, 2], [3, 3]]}}',
      "degenerate", "invalid"),
     ('{"type": "ask", "id": "a", "frame": FRAME, "question": "q", "region": {"kind": "polygon", "points": MANY}}',
      "at most 64", "invalid"),
@@ -263,7 +265,8 @@ def test_oversized_messages_an_error_below_the_hard_cap_and_a_closed_socket_abov
                 aiohttp.ClientSession() as s:
             ws = await connect(s, studio)
             header = await frozen_frame(ws)
-            await ws.send_str(json.dumps({"type": "ask", "id": "big", "frame": header["frame"], "question": "x" * 8000}))
+            await ws.send_str(json.dumps({"type": "ask", "id": "big", "frame": header["frame"],
+                                          "question": "x" * 8000}))
             error = await next_json(ws, "error")
             assert error["reason"] == "too_large" and "larger than the limit of 4096" in error["message"]
             await ws.send_str("y" * 100_000)  # above the hard cap: aiohttp closes the socket (1009)

@@ -6,7 +6,6 @@ mode never imports rclpy.
 """
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
@@ -85,7 +84,8 @@ def test_a_box_question_streams_and_names_the_object(chatspot: Any) -> None:
             assert answer["text"].startswith(partial["text"])
             assert answer["instruction"].startswith("What can you see in this region? <box>[")
         target = scene.objects[0]
-        await ws.send_json({"type": "suggest", "id": "s1", "frame": header["frame"], "task": f"pick up the {target.category}",
+        await ws.send_json({"type": "suggest", "id": "s1", "frame": header["frame"],
+                            "task": f"pick up the {target.category}",
                             "region": {"kind": "box", "points": [list(target.box[:2]), list(target.box[2:])]}})
         answer = await next_json(ws, "answer")
         assert answer["ok"] and len(answer["steps"]) >= 2 and answer["kind"] == "suggest", answer
@@ -143,7 +143,8 @@ def test_uploads_replace_the_frame_and_bad_ones_are_refused_with_the_reason(chat
         assert (header["width"], header["height"]) == (320, 240)
         target = other.objects[1]
         x0, y0, x1, y1 = target.box
-        await ws.send_json({"type": "ask", "id": "up", "frame": header["frame"], "question": "What can you see in this region?",
+        await ws.send_json({"type": "ask", "id": "up", "frame": header["frame"],
+                            "question": "What can you see in this region?",
                             "region": {"kind": "box", "points": [[x0 - 2, y0 - 2], [x1 + 2, y1 + 2]]}})
         answer = await next_json(ws, "answer")
         assert answer["ok"] and target.category in answer["text"].lower(), (target.category, answer)
