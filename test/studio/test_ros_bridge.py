@@ -24,7 +24,7 @@ from chatspot_ros.studio.hub import Counters  # noqa: E402
 from chatspot_ros.studio.ros_bridge import RosBackend  # noqa: E402
 from chatspot_ros.studio.server import Studio, StudioConfig  # noqa: E402
 
-from test_server import connect, next_json, run  # noqa: E402
+from ws_client import connect, next_json, run  # noqa: E402
 
 NAMESPACE = "/studio_bridge"
 

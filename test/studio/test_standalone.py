@@ -19,7 +19,7 @@ from chatspot_ros.service import imaging
 from chatspot_ros.studio.server import Studio, StudioConfig
 from chatspot_ros.world import render, sample_scene
 
-from test_server import connect, frozen_frame, next_frame, next_json, origin, run
+from ws_client import connect, frozen_frame, next_frame, next_json, origin, run
 
 SEED, INDEX = 2026, 3  # yellow triangle, orange cube, red triangle, yellow ball (an evaluation frame)
 
