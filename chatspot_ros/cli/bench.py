@@ -64,6 +64,12 @@ class BenchRow:
     suffix_tokens: float
     generated_tokens: float
     naive_vision_ms: float
+    # the half-precision fidelity rule (runtime/fidelity.py) per region, against HF generate's logits
+    rows_identical: int = 0
+    rows_near_tie: int = 0
+    rows_diverged: int = 0
+    max_logit_diff: float = 0.0
+    max_logit_diff_eps: float = 0.0  # in the rule's units (dtype eps x largest reference logit)
     # --backend vllm: the served engine on the same frames and prompts (None without it)
     vllm_ms: float | None = None
     vllm_speedup: float | None = None
@@ -147,6 +153,11 @@ class DecoderRow:
     kv_mb: float  # KV memory the loop holds for the frame
     row_kv_mb: float  # of which one row's own part (its suffix and answer; the dynamic loop: also the prefix)
     warmup_s: float  # the untimed first run (torch.compile happens here)
+    # the fidelity rule against the first --decoders entry (its ids, its teacher-forced logits)
+    rows_identical: int = 0
+    rows_near_tie: int = 0
+    rows_diverged: int = 0
+    max_logit_diff: float = 0.0
 
 
 def _prompt_ids(runtime: Any, prompts: Sequence[str]) -> tuple[list[list[int]], int]:
@@ -188,7 +199,14 @@ def bench_decoders(chatspot: Any, frame: np.ndarray, k: int, args: argparse.Name
             decode.append(generations[0].decode_ms)
             tokens = sum(max(0, g.tokens - 1) for g in generations)  # the first token comes from prefill
             got = [g.token_ids for g in generations]
-        first_ids = first_ids if first_ids is not None else got
+        # the fidelity rule against the first loop: its ids (eos kept) and its own teacher-forced logits
+        eos = runtime.lm.eos_token_ids
+        if first_ids is None:
+            first_ids = got
+            ref_ids = [_with_eos(g, eos, []) for g in generations]
+            features = runtime.encode(frame)
+            reference = list(zip(ref_ids, runtime.teacher_forced_logits(features, prompts, ref_ids)))
+        fidelity = judge(runtime, frame, prompts, reference, generations)
         if runtime.decoder is not None:
             kv, row_kv = runtime.decoder.last_kv_bytes, runtime.decoder.last_row_kv_bytes
         else:
@@ -199,16 +217,18 @@ def bench_decoders(chatspot: Any, frame: np.ndarray, k: int, args: argparse.Name
             decoder=variant, k=k, frame_ms=round(frame_ms, 2), decode_ms=round(decode_ms, 2),
             decode_tok_s=round(tokens / (decode_ms / 1e3), 1) if decode_ms > 0 else 0.0,
             speedup=round((rows[0].frame_ms if rows else frame_ms) / frame_ms, 2), identical=got == first_ids,
-            kv_mb=round(kv / 2**20, 2), row_kv_mb=round(row_kv / 2**20, 3), warmup_s=round(warmup_s, 1)))
+            kv_mb=round(kv / 2**20, 2), row_kv_mb=round(row_kv / 2**20, 3), warmup_s=round(warmup_s, 1),
+            **{k: v for k, v in _fidelity_fields(fidelity).items() if k != "max_logit_diff_eps"}))
     return rows
 
 
 def _print_decoder_table(rows: Sequence[DecoderRow]) -> None:
     print(f"{'decoder':<16} {'K':>3} {'frame ms':>10} {'decode ms':>10} {'decode tok/s':>13} {'speedup':>8} "
-          f"{'same':>5} {'KV MB':>8} {'warm-up s':>10}")
+          f"{'same/tie/div':>13} {'KV MB':>8} {'warm-up s':>10}")
     for r in rows:
+        verdicts = f"{r.rows_identical}/{r.rows_near_tie}/{r.rows_diverged}"
         print(f"{r.decoder:<16} {r.k:>3} {r.frame_ms:>10.1f} {r.decode_ms:>10.1f} {r.decode_tok_s:>13.1f} "
-              f"{r.speedup:>7.2f}x {str(r.identical):>5} {r.kv_mb:>8.2f} {r.warmup_s:>10.1f}")
+              f"{r.speedup:>7.2f}x {verdicts:>13} {r.kv_mb:>8.2f} {r.warmup_s:>10.1f}")
     single = {r.decoder: r for r in rows if r.k == 1}
     dynamic = {r.k: r for r in rows if r.decoder == "dynamic"}
     for r in rows:  # the static loops' KV at K regions: one region's KV plus K - 1 further suffix rows
@@ -261,6 +281,51 @@ def run_runtime(chatspot: Any, frame: np.ndarray, prompts: Sequence[str], max_ne
     generations = runtime.generate(features, prompts, GenerationConfig(max_new_tokens=max_new_tokens))
     _sync(runtime.device)
     return generations, (time.perf_counter() - start) * 1e3, features.vision_ms
+
+
+@torch.inference_mode()
+def reference_with_logits(chatspot: Any, processor: Any, frame: np.ndarray, prompts: Sequence[str],
+                          max_new_tokens: int) -> list[tuple[list[int], torch.Tensor]]:
+    """Per prompt, HF generate's greedy ids (eos kept) and the logits (T, V) each was chosen from."""
+    runtime = chatspot.runtime
+    out = []
+    for prompt in prompts:
+        image = runtime.preprocess.expand_to_square(frame) if runtime.preprocess.pad_to_square else frame
+        inputs = processor(images=[image], text=[prompt], return_tensors="pt",
+                           input_data_format=CHANNELS_LAST).to(runtime.device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(runtime.dtype)
+        result = runtime.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                        output_logits=True, return_dict_in_generate=True)
+        ids = result.sequences[0, inputs["input_ids"].shape[1]:].tolist()
+        out.append((ids, torch.cat([step.float().cpu() for step in result.logits], dim=0)[:len(ids)]))
+    return out
+
+
+def _with_eos(generation: Any, eos: frozenset[int], reference: Sequence[int]) -> list[int]:
+    ids = list(generation.token_ids)
+    if generation.stopped == "eos":
+        at = len(ids)
+        ids.append(reference[at] if at < len(reference) and reference[at] in eos else min(eos))
+    return ids
+
+
+def judge(runtime: Any, frame: np.ndarray, prompts: Sequence[str], references: Sequence[tuple[list[int], torch.Tensor]],
+          generations: Sequence[Any]) -> list[Any]:
+    """The fidelity rule per prompt: the runtime's free-running ids and teacher-forced logits vs the reference."""
+    from chatspot_ros.runtime.fidelity import compare_row
+
+    eos = runtime.lm.eos_token_ids
+    forced = runtime.teacher_forced_logits(runtime.encode(frame), prompts, [ids for ids, _ in references])
+    return [compare_row(ids, logits, _with_eos(g, eos, ids), got, runtime.dtype)
+            for (ids, logits), g, got in zip(references, generations, forced)]
+
+
+def _fidelity_fields(rows: Sequence[Any]) -> dict[str, Any]:
+    from chatspot_ros.runtime.fidelity import summarize
+
+    counts = summarize(rows)
+    return dict(rows_identical=counts["identical"], rows_near_tie=counts["near-tie"], rows_diverged=counts["diverged"],
+                max_logit_diff=counts["max_diff"], max_logit_diff_eps=counts["max_diff_eps"])
 
 
 def run_vllm(remote: Any, frame: np.ndarray, prompts: Sequence[str], max_new_tokens: int) -> tuple[list[Any], float]:
@@ -328,6 +393,8 @@ def bench_one(chatspot: Any, processor: Any, frame: np.ndarray, k: int, args: ar
             naive_vision.append(prep_ms)
             runtime_times.append(runtime_ms)
 
+    fidelity = judge(runtime, frame, prompts,
+                     reference_with_logits(chatspot, processor, frame, prompts, args.max_new_tokens), generations)
     ids, prefix = _prompt_ids(runtime, prompts)
     suffix = statistics.mean(len(x) - prefix for x in ids)
     generated = statistics.mean(g.tokens for g in generations)
@@ -345,6 +412,7 @@ def bench_one(chatspot: Any, processor: Any, frame: np.ndarray, k: int, args: ar
         decode_tok_s=round(total_generated / decode_s, 1) if decode_s > 0 else 0.0,
         prefix_tokens=prefix, suffix_tokens=round(suffix, 1), generated_tokens=round(generated, 1),
         naive_vision_ms=round(statistics.median(naive_vision), 2),
+        **_fidelity_fields(fidelity),
         **({} if remote is None else dict(
             vllm_ms=round(statistics.median(vllm_times), 2),
             vllm_speedup=round(naive_med / statistics.median(vllm_times), 2),
@@ -399,14 +467,20 @@ def _model_dir(args: argparse.Namespace) -> tuple[Path, str]:
     return folder, f"{args.preset} (random weights)"
 
 
+def _passes(row: BenchRow | DecoderRow, dtype: str) -> bool:
+    """Only a real divergence fails (fidelity.py); float32 must also give the reference's ids exactly."""
+    return row.rows_diverged == 0 and (row.identical or dtype != "float32")
+
+
 def _print_table(rows: Sequence[BenchRow]) -> None:
     header = (f"{'model':<24} {'K':>3} {'naive ms':>10} {'runtime ms':>11} {'speedup':>8} {'ceiling':>8} "
-              f"{'same':>5} {'vision ms':>10} {'prefill ms':>11} {'TTFT ms':>9} {'decode tok/s':>13} "
-              f"{'P':>5} {'S':>6}")
+              f"{'same/tie/div':>13} {'max dlogit':>11} {'vision ms':>10} {'prefill ms':>11} {'TTFT ms':>9} "
+              f"{'decode tok/s':>13} {'P':>5} {'S':>6}")
     print(header)
     for r in rows:
         print(f"{r.model:<24} {r.k:>3} {r.naive_ms:>10.1f} {r.runtime_ms:>11.1f} {r.speedup:>7.2f}x "
-              f"{r.ceiling:>7.2f}x {str(r.identical):>5} {r.vision_ms:>10.1f} {r.prefill_ms:>11.1f} "
+              f"{r.ceiling:>7.2f}x {f'{r.rows_identical}/{r.rows_near_tie}/{r.rows_diverged}':>13} "
+              f"{r.max_logit_diff:>11.4f} {r.vision_ms:>10.1f} {r.prefill_ms:>11.1f} "
               f"{r.ttft_ms:>9.1f} {r.decode_tok_s:>13.1f} {r.prefix_tokens:>5} "
               f"{r.suffix_tokens + r.generated_tokens:>6.1f}")
 
@@ -427,8 +501,9 @@ def _print_vllm_table(rows: Sequence[BenchRow]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from transformers import AutoProcessor
     from transformers.utils import logging as hf_logging
+
+    from chatspot_ros.runtime.compat import load_processor
 
     from chatspot_ros.pipeline import ChatSpot
     from chatspot_ros.runtime import RuntimeConfig
@@ -477,8 +552,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       f"max_new_tokens {args.max_new_tokens}, median of {args.repeats}, sync every "
                       f"{args.sync_every}; speedup and 'same' against {args.decoders[0]}")
                 _print_decoder_table(decoder_rows)
-            return 0 if all(r.identical for r in decoder_rows) else 1
-        processor = AutoProcessor.from_pretrained(str(folder), local_files_only=True)
+            return 0 if all(_passes(r, dtype) for r in decoder_rows) else 1
+        processor = load_processor(Path(folder))
         rows = []
         for k in args.k:
             rows.append(bench_one(chatspot, processor, frame, k, args, model_name, remote))
@@ -505,7 +580,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         chatspot.close()
         if remote is not None:
             remote.close()
-    return 0 if all(r.identical and (r.vllm_identical is None or r.vllm_identical == r.k) for r in rows) else 1
+    return 0 if all(_passes(r, dtype) and (r.vllm_identical is None or r.vllm_identical == r.k) for r in rows) else 1
 
 
 if __name__ == "__main__":

@@ -307,6 +307,30 @@ class ChatSpotRuntime:
                 raise RuntimeError(f"internal error: no generation for prompt(s) {missing}")
             return GenerationResult(generations=tuple(results), batches=tuple(batches))  # type: ignore[arg-type]
 
+    def teacher_forced_logits(self, features: FrameFeatures, prompts: Sequence[str],
+                              references: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+        """Per prompt, the runtime's logits (len(reference), V) float32 with the reference's tokens fed in,
+        through the same prefix cache, batch and decode loop as :meth:`generate` (fidelity.py)."""
+        from chatspot_ros.runtime.fidelity import teacher_forced_logits
+
+        with self._lock:
+            n_image = features.features.shape[1]
+            token_lists = [self.tokenize_prompt(p, n_image) for p in prompts]
+            groups: OrderedDict[tuple[int, ...], list[int]] = OrderedDict()
+            for index, ids in enumerate(token_lists):
+                last_image = len(ids) - 1 - ids[::-1].index(self.image_token_id)
+                groups.setdefault(tuple(ids[: last_image + 1]), []).append(index)
+            out: list[torch.Tensor | None] = [None] * len(prompts)
+            for prefix, indices in groups.items():
+                with self._model_errors():
+                    kv, _ = self._prefix_kv(features, prefix)
+                    logits = teacher_forced_logits(
+                        self.lm, kv, len(prefix), [token_lists[i][len(prefix):] for i in indices],
+                        [references[i] for i in indices], decoder=self.decoder)
+                for i, row in zip(indices, logits):
+                    out[i] = row
+            return out  # type: ignore[return-value]
+
     # ------------------------------------------------------------------ lifecycle
     def clear_cache(self) -> None:
         with self._lock:

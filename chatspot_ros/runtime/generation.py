@@ -249,11 +249,14 @@ def generate_batch(
     on_token: Callable[[int, str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     decoder: StaticDecoder | None = None,
+    select: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> list[Generation]:
     """Decode every suffix on top of the shared prefix; one Generation per suffix, in order.
 
     With ``decoder`` the static loop (static_decoder.py) runs; without, this module's dynamic one.
-    Both give the same tokens (test_parity.py) and the same row book-keeping.
+    Both give the same tokens (test_parity.py) and the same row book-keeping. ``select`` replaces
+    the choice of the next tokens from each step's logits (B, V) -> (B,) (teacher forcing,
+    fidelity.ForcedTokens); by default greedy or sampling as ``gen`` says.
     """
     if not suffixes:
         return []
@@ -264,13 +267,13 @@ def generate_batch(
         generator = torch.Generator(device="cpu")
         generator.manual_seed(gen.seed if gen.seed is not None else int(torch.seed() % (2**63)))
     rows = [_Row(i, decode_text) for i in range(len(suffixes))]
+    pick = select if select is not None else (lambda logits: select_next(logits, gen, generator))
     if decoder is not None:
         prefill_ms, decode_ms = decoder.generate(
-            prefix_kv, prefix_len, suffixes, gen, rows, lambda logits: select_next(logits, gen, generator),
-            on_token=on_token, should_stop=should_stop)
+            prefix_kv, prefix_len, suffixes, gen, rows, pick, on_token=on_token, should_stop=should_stop)
         prefill_ms += prefix_ms
     else:
-        prefill_ms, decode_ms = _dynamic_loop(lm, prefix_kv, prefix_len, suffixes, gen, rows, generator,
+        prefill_ms, decode_ms = _dynamic_loop(lm, prefix_kv, prefix_len, suffixes, gen, rows, pick,
                                               on_token, should_stop)
         prefill_ms += prefix_ms
     return [
@@ -287,7 +290,7 @@ def generate_batch(
 
 
 def _dynamic_loop(lm: LanguageModel, prefix_kv: PrefixKV, prefix_len: int, suffixes: Sequence[Sequence[int]],
-                  gen: GenerationConfig, rows: list[_Row], generator: torch.Generator | None,
+                  gen: GenerationConfig, rows: list[_Row], pick: Callable[[torch.Tensor], torch.Tensor],
                   on_token: Callable[[int, str], None] | None,
                   should_stop: Callable[[], bool] | None) -> tuple[float, float]:
     """The first decode loop: K copies of the prefix, finished rows compacted, a host read per token."""
@@ -295,7 +298,7 @@ def _dynamic_loop(lm: LanguageModel, prefix_kv: PrefixKV, prefix_len: int, suffi
     start = time.perf_counter()
     cache = _batch_cache(prefix_kv, len(suffixes), lm.text_config)
     logits, mask, positions = prefill_suffixes(lm, cache, prefix_len, suffixes)
-    next_ids = select_next(logits, gen, generator)  # (K,)
+    next_ids = pick(logits)  # (K,)
     sync()
     prefill_ms = (time.perf_counter() - start) * 1e3
 
@@ -319,7 +322,7 @@ def _dynamic_loop(lm: LanguageModel, prefix_kv: PrefixKV, prefix_len: int, suffi
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)  # (B, S + 1)
         logits = decode_one_token(lm, cache, next_ids[:, None], mask, positions)
         positions = positions + 1
-        next_ids = select_next(logits, gen, generator)
+        next_ids = pick(logits)
     for row in active:  # loop ran out (max_new_tokens reached before a check)
         if not row.stopped:
             row.finish("length")

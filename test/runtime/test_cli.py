@@ -84,7 +84,19 @@ def test_bench_reports_identical_outputs(tiny_model_dir, capsys) -> None:
     for row in rows:
         assert row["identical"] is True
         assert {"model", "k", "naive_ms", "runtime_ms", "speedup", "ceiling", "identical"} <= set(row)
+        assert (row["rows_identical"], row["rows_near_tie"], row["rows_diverged"]) == (row["k"], 0, 0)
         assert row["ceiling"] >= 1.0 and row["prefix_tokens"] > 64
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16"])  # the runtime refuses float16 on the CPU
+def test_bench_judges_half_precision_with_the_fidelity_rule(tiny_model_dir, capsys, dtype) -> None:
+    """In half precision the exit status follows the rule: every region classified, none really diverged."""
+    code = bench.main(["--model", str(tiny_model_dir), "--k", "4", "--repeats", "1", "--max-new-tokens", "6",
+                       "--json", "--frame-size", "160x120", "--dtype", dtype, "--decoder", "static"])
+    (row,) = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert row["rows_identical"] + row["rows_near_tie"] + row["rows_diverged"] == 4
+    assert row["rows_diverged"] == 0 and code == 0
+    assert 0 <= row["max_logit_diff_eps"] <= 16.0 and row["dtype"] == dtype
 
 
 def test_bench_runs_the_runtime_column_on_the_chosen_decoder(tiny_model_dir, capsys) -> None:
@@ -94,7 +106,7 @@ def test_bench_runs_the_runtime_column_on_the_chosen_decoder(tiny_model_dir, cap
     assert code == 0
     assert "runtime decoder static (--decoder static)" in out
     (row,) = [line.split() for line in out.splitlines() if line.split()[1:2] == ["3"]]
-    assert row[6] == "True"  # identical greedy ids to naive generate()
+    assert row[6] == "3/0/0"  # identical / near-tie / diverged regions against naive generate()
 
 
 def test_bench_compares_the_decode_loops(tiny_model_dir, capsys) -> None:
@@ -104,7 +116,7 @@ def test_bench_compares_the_decode_loops(tiny_model_dir, capsys) -> None:
     assert code == 0
     table = [line.split() for line in out.splitlines() if line.startswith(("dynamic ", "static "))]
     assert [(row[0], row[1], row[6]) for row in table] == [
-        ("dynamic", "1", "True"), ("static", "1", "True"), ("dynamic", "3", "True"), ("static", "3", "True")]
+        ("dynamic", "1", "1/0/0"), ("static", "1", "1/0/0"), ("dynamic", "3", "3/0/0"), ("static", "3", "3/0/0")]
     (kv_line,) = [line for line in out.splitlines() if line.startswith("# static, K=3: KV")]
     assert "the dynamic loop holds" in kv_line
 
