@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--point", dest="regions", action="append", type=_point,
                         metavar="X,Y", help="a point in pixels (repeatable; default: no regions, the whole image)")
     parser.add_argument("--question", required=True, help="the question; asked once per region")
+    parser.add_argument("--style", choices=("short", "detail"), default=None,
+                        help="append the answer-style tag of config/instructions.yaml ('Answer in short.'); "
+                             "default: none")
     parser.add_argument("--format", dest="dialect", default=None,
                         help="coordinate dialect (default: the checkpoint's)")
     parser.add_argument("--templates", default="", metavar="YAML",
@@ -174,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             chatspot = ChatSpot.from_config(config, dialect=args.dialect, templates=templates)
         size = (frame.shape[1], frame.shape[0])
         regions = [[r] for r in args.regions] if args.regions else [[]]
-        requests = [chatspot.builder.ask(args.question, r, size) for r in regions]
+        requests = [chatspot.builder.ask(args.question, r, size, style=args.style) for r in regions]
         answers = chatspot.answer(frame, args.image, requests, gen)
     except (FileNotFoundError, ValueError, ImportError, RuntimeError) as err:
         raise UsageError(str(err)) from err
