@@ -115,7 +115,7 @@ class LocalBackend(Backend):
             instruction = self.chatspot.builder.suggest_actions(msg.task, region, size)
         except ValueError as err:
             return Answer(ok=False, message=str(err))
-        gen = GenerationConfig(max_new_tokens=max(self.max_new_tokens, 96))
+        gen = GenerationConfig(max_new_tokens=self.max_new_tokens)
 
         def run() -> Any:
             with self._busy:

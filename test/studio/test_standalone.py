@@ -22,6 +22,7 @@ from chatspot_ros.world import render, sample_scene
 from ws_client import connect, frozen_frame, next_frame, next_json, origin, run
 
 SEED, INDEX = 2026, 3  # yellow triangle, orange cube, red triangle, yellow ball (an evaluation frame)
+ANSWER_S = 120.0  # a whole answer on a busy 2-core machine
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +79,8 @@ def test_a_box_question_streams_and_names_the_object(chatspot: Any) -> None:
             await ws.send_json({"type": "ask", "id": f"q{obj.category.replace(' ', '_')}", "frame": header["frame"],
                                 "question": "What can you see in this region?",
                                 "region": {"kind": "box", "points": [[x0 - 2, y0 - 2], [x1 + 2, y1 + 2]]}})
-            partial = await next_json(ws, "partial")
-            answer = await next_json(ws, "answer")
+            partial = await next_json(ws, "partial", ANSWER_S)
+            answer = await next_json(ws, "answer", ANSWER_S)
             assert answer["ok"] and obj.category in answer["text"].lower(), (obj.category, answer)
             assert answer["text"].startswith(partial["text"])
             assert answer["instruction"].startswith("What can you see in this region? <box>[")
@@ -87,7 +88,7 @@ def test_a_box_question_streams_and_names_the_object(chatspot: Any) -> None:
         await ws.send_json({"type": "suggest", "id": "s1", "frame": header["frame"],
                             "task": f"pick up the {target.category}",
                             "region": {"kind": "box", "points": [list(target.box[:2]), list(target.box[2:])]}})
-        answer = await next_json(ws, "answer")
+        answer = await next_json(ws, "answer", ANSWER_S)
         assert answer["ok"] and len(answer["steps"]) >= 2 and answer["kind"] == "suggest", answer
 
     run(_serve(chatspot, test), 240)
@@ -99,12 +100,12 @@ def test_cancel_stops_the_decode_and_keeps_the_partial_text(chatspot: Any) -> No
         header = await frozen_frame(ws)
         ask = {"type": "ask", "id": "full", "frame": header["frame"], "question": ""}  # describe the whole frame
         await ws.send_json(ask)
-        full = await next_json(ws, "answer")
+        full = await next_json(ws, "answer", ANSWER_S)
         assert full["ok"] and len(full["text"].split()) >= 8
         await ws.send_json(dict(ask, id="cut"))
-        await next_json(ws, "partial")
+        await next_json(ws, "partial", ANSWER_S)
         await ws.send_json({"type": "cancel", "id": "cut"})
-        cut = await next_json(ws, "answer")
+        cut = await next_json(ws, "answer", ANSWER_S)
         assert cut["cancelled"] and not cut["ok"]
         assert len(cut["text"]) < len(full["text"]) and full["text"].startswith(cut["text"].strip()), (cut, full)
         assert studio.counters.get("requests.cancelled") == 1
@@ -146,7 +147,7 @@ def test_uploads_replace_the_frame_and_bad_ones_are_refused_with_the_reason(chat
         await ws.send_json({"type": "ask", "id": "up", "frame": header["frame"],
                             "question": "What can you see in this region?",
                             "region": {"kind": "box", "points": [[x0 - 2, y0 - 2], [x1 + 2, y1 + 2]]}})
-        answer = await next_json(ws, "answer")
+        answer = await next_json(ws, "answer", ANSWER_S)
         assert answer["ok"] and target.category in answer["text"].lower(), (target.category, answer)
 
     assert len(noise) > 300_000 > len(png)
