@@ -214,7 +214,7 @@ class RosBackend(Backend):
                                             f"({self.node.resolve_topic_name('describe')}): is the agent active?")
         loop = asyncio.get_running_loop()
         goal = Describe.Goal()
-        goal.stamp, goal.image, referred_by = self._frame_fields(frame)
+        goal.stamp, goal.image, referred_by = await loop.run_in_executor(None, self._frame_fields, frame)
         goal.regions = [convert.region_to_msg(msg.region)] if msg.region is not None else []
         goal.question, goal.max_new_tokens = msg.question, msg.max_new_tokens
 
@@ -259,7 +259,8 @@ class RosBackend(Backend):
             return Answer(ok=False,
                           message="the agent's suggest_actions service is not available: is the agent active?")
         request = SuggestActions.Request()
-        request.stamp, request.image, referred_by = self._frame_fields(frame)
+        request.stamp, request.image, referred_by = await asyncio.get_running_loop().run_in_executor(
+            None, self._frame_fields, frame)  # may decode a compressed frame: off the event loop
         request.region = convert.region_to_msg(msg.region) if msg.region is not None else RegionMsg(type=RegionMsg.BOX)
         request.task = msg.task
         future = self._bridge(self._suggest.call_async(request))
