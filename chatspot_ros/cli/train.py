@@ -99,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     start_e.add_argument("--base", help="the checkpoint folder the run started from")
     export.add_argument("--model-seed", type=int, default=0, help="the run's --model-seed")
     export.add_argument("--out", required=True, help="the model folder to write")
+    export.add_argument("--plain", action="store_true", help="the run was a --plain one (no wired route to check)")
     export.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
                         help="precision of the saved weights")
 
@@ -127,7 +128,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--freeze-path", action="store_true",
                      help="keep the wired referring path fixed (a tabletop preset after stage 0, or a checkpoint "
                           "trained from one; docs/training.md)")
-    run.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU)")
+    run.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU; on a CPU often slower)")
+    run.add_argument("--workers", type=int, default=0,
+                     help="processes that draw, render, tokenize and collate batches ahead of the step (0: inline)")
+    run.add_argument("--no-fused", action="store_true", help="plain AdamW instead of the fused one")
+    run.add_argument("--compile", action="store_true", help="torch.compile the model's forward")
+    run.add_argument("--max-minutes", type=float, default=0.0,
+                     help="stop (and save) after this many minutes of training, even before --steps (0: no limit)")
+    run.add_argument("--plain", action="store_true",
+                     help="with --preset: transformers' default initialization, no wired route (the plain recipe)")
     run.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations (less memory)")
     run.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     run.add_argument("--dry-run", action="store_true", help="encode 1,000 samples, print token counts and rejections, stop")
@@ -180,7 +189,7 @@ def _data_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _setup_for(preset: str | None, base: str | None, seed: int = 0):  # noqa: ANN202
+def _setup_for(preset: str | None, base: str | None, seed: int = 0, wired: bool = True):  # noqa: ANN202
     from chatspot_ros.training.model_setup import from_checkpoint, from_preset
     from chatspot_ros.training.tabletop_model import PRESETS
 
@@ -191,7 +200,7 @@ def _setup_for(preset: str | None, base: str | None, seed: int = 0):  # noqa: AN
         return from_checkpoint(base)
     if (preset or "tabletop") not in PRESETS:
         raise UsageError(f"--preset {preset}: unknown; choose one of {', '.join(PRESETS)}")
-    return from_preset(preset or "tabletop", seed=seed)
+    return from_preset(preset or "tabletop", seed=seed, wired=wired)
 
 
 def _data_show(args: argparse.Namespace) -> int:
@@ -234,7 +243,9 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise UsageError(_as_flags(str(err))) from None
     sources = [ListSource(_read_data(p), name=Path(p).name) for p in args.data]
-    setup = _setup_for(args.preset, args.base, args.model_seed)  # checks --preset/--base before any work
+    if args.plain and not args.preset:
+        raise UsageError("--plain builds a fresh --preset without the wired route; it has no meaning with --base")
+    setup = _setup_for(args.preset, args.base, args.model_seed, wired=not args.plain)  # checks --preset/--base first
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -250,7 +261,9 @@ def _train_config(args: argparse.Namespace, stage: str) -> TrainConfig:
         stage=stage, steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
         min_lr_ratio=args.min_lr_ratio, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
         clip_grad=args.clip_grad, max_length=args.max_length, seed=args.seed, threads=args.threads,
-        bf16=args.bf16, gradient_checkpointing=args.gradient_checkpointing, lora_r=args.lora_r,
+        bf16=args.bf16, workers=args.workers, fused=not args.no_fused, compile=args.compile,
+        max_minutes=args.max_minutes,
+        gradient_checkpointing=args.gradient_checkpointing, lora_r=args.lora_r,
         lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, log_every=args.log_every,
         save_every=args.save_every, device=args.device,
     )
@@ -267,6 +280,8 @@ def _train(args: argparse.Namespace, config: TrainConfig, stage: str, setup, sou
 
     trainable = apply_stage(setup.model, stage)
     resuming = args.resume and (Path(args.out) / "state" / "state.pt").exists()
+    if args.vision_pretrain_steps and args.plain:
+        raise UsageError("--vision-pretrain-steps wires the stage-0 head into the route; --plain has no route")
     if args.vision_pretrain_steps and not resuming and not args.dry_run:
         if not args.preset or args.world_seed is None:
             raise UsageError("--vision-pretrain-steps needs --preset and --world-seed")
@@ -356,7 +371,7 @@ def _export(args: argparse.Namespace) -> int:
     state = torch.load(state_path, map_location="cpu", weights_only=False)
     if state["config"].get("lora_r"):
         raise UsageError("--run is a LoRA run: let it finish (it merges the adapters), then use its model/ folder")
-    setup = _setup_for(args.preset, args.base, args.model_seed)
+    setup = _setup_for(args.preset, args.base, args.model_seed, wired=not args.plain)
     named = dict(setup.model.named_parameters())
     unknown = [n for n in state["trainable"] if n not in named]
     if unknown:
@@ -364,7 +379,7 @@ def _export(args: argparse.Namespace) -> int:
     with torch.no_grad():
         for name, tensor in state["trainable"].items():
             named[name].copy_(tensor)
-    if args.preset:  # a wired tabletop model: it must run in the precision it is saved in
+    if args.preset and not args.plain:  # a wired tabletop model: it must run in the precision it is saved in
         from chatspot_ros.training import tabletop_model as tm
 
         factor = tm.check_in_dtype(setup, args.dtype)

@@ -37,7 +37,9 @@ def _num_image_tokens(config: Any) -> int:
     return n if config.vision_feature_select_strategy == "default" else n + 1
 
 
-def from_preset(preset: str, seed: int = 0, templates: Any = None) -> ModelSetup:
+def from_preset(preset: str, seed: int = 0, templates: Any = None, wired: bool = True) -> ModelSetup:
+    """A fresh tabletop preset: wired and calibrated, or (``wired=False``, the plain recipe) with
+    transformers' default initialization and nothing built by hand."""
     from chatspot_ros.runtime.vision import ImagePreprocessor
     from chatspot_ros.training import tabletop_model as tm
 
@@ -45,14 +47,15 @@ def from_preset(preset: str, seed: int = 0, templates: Any = None) -> ModelSetup
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(tm.PRESETS)}")
     shapes = tm.PRESETS[preset]
     tokenizer = tm.build_tokenizer(shapes.vocab_size)
-    model = tm.build_model(shapes, tokenizer, seed=seed)
+    model = tm.build_model(shapes, tokenizer, seed=seed, wired=wired)
     processor = tm.image_processor(shapes)
     geometry = ImageGeometry.from_checkpoint_configs(processor.to_dict(), model.config.to_dict())
     builder = InstructionBuilder(get_dialect(model.config.chatspot_dialect), geometry, templates)
     conversation = get_conversation(model.config.chatspot_conversation)
     setup = ModelSetup(model, tokenizer, processor, builder, conversation, ImagePreprocessor(processor, False),
-                       _num_image_tokens(model.config), f"preset:{preset}")
-    tm.calibrate_path(setup)
+                       _num_image_tokens(model.config), f"preset:{preset}" + ("" if wired else " (plain)"))
+    if wired:
+        tm.calibrate_path(setup)
     return setup
 
 

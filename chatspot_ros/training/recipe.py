@@ -34,7 +34,11 @@ class TrainConfig:
     max_length: int = 512  # tokens per sequence, image tokens included
     seed: int = 0
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
-    bf16: bool = False  # autocast to bfloat16 (GPU)
+    bf16: bool = False  # autocast to bfloat16 (GPUs with bf16; CPUs too, where it is often slower)
+    workers: int = 0  # processes that draw, render, tokenize and collate batches ahead of the step (0: inline)
+    fused: bool = True  # fused AdamW where torch supports it (falls back, with a warning)
+    compile: bool = False  # torch.compile the model's forward
+    max_minutes: float = 0.0  # > 0: stop (and save) after this much training time, even before ``steps``
     gradient_checkpointing: bool = False
     lora_r: int = 0  # > 0: LoRA adapters (peft) on the LLM's attention and MLP projections (stage 2)
     lora_alpha: int = 16
@@ -53,6 +57,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if not (self.lr > 0 and 0 <= self.min_lr_ratio <= 1 and self.warmup_steps >= 0):
             raise ValueError("need lr > 0, 0 <= min_lr_ratio <= 1 and warmup_steps >= 0")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
         if self.lora_r < 0:
             raise ValueError(f"lora_r must be >= 0, got {self.lora_r}")
         if self.lora_r and self.stage != "projector_llm":

@@ -93,9 +93,10 @@ def image_processor(shapes: TabletopShapes) -> Any:  # CLIPImageProcessorPil
     return clip_image_processor(shapes.image_size, center_crop=False, resample=2)
 
 
-def build_model(shapes: TabletopShapes, tokenizer: Any, seed: int = 0) -> Any:  # LlavaForConditionalGeneration
+def build_model(shapes: TabletopShapes, tokenizer: Any, seed: int = 0, wired: bool = True) -> Any:  # Llava...
     """A freshly initialized tabletop ChatSpot (seeded) with the referring path wired, not yet
-    calibrated (``calibrate_path``: it needs the prompt builder and rendered frames)."""
+    calibrated (``calibrate_path``: it needs the prompt builder and rendered frames); ``wired=False``:
+    transformers' default initialization alone (the plain recipe)."""
     import torch
     from transformers import LlavaForConditionalGeneration
 
@@ -104,11 +105,12 @@ def build_model(shapes: TabletopShapes, tokenizer: Any, seed: int = 0) -> Any:  
     config = llava_config(shapes, tokenizer)
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
-    layout = rp.layout_for(config)
-    rp.check_shapes(config, layout)
-    rp.wire_vision(model, layout)
-    rp.wire_projector(model, layout, seed=seed)
-    rp.wire_decoder(model, layout, tokenizer, COORD_TOKENS, seed=seed)
+    if wired:
+        layout = rp.layout_for(config)
+        rp.check_shapes(config, layout)
+        rp.wire_vision(model, layout)
+        rp.wire_projector(model, layout, seed=seed)
+        rp.wire_decoder(model, layout, tokenizer, COORD_TOKENS, seed=seed)
     gen = model.generation_config
     gen.pad_token_id = config.text_config.pad_token_id
     gen.bos_token_id = config.text_config.bos_token_id

@@ -2,7 +2,11 @@
 
 ``Trainer.run`` draws batches from a SampleSource, renders and encodes them for the checkpoint
 (``dataset.ConversationEncoder``), and steps AdamW with warm-up + cosine, gradient clipping and
-accumulation. Every ``save_every`` steps it writes a resumable checkpoint (weights, optimizer,
+accumulation. Micro-batch k of step s is drawn from its own generator ``[seed, s, k]``
+(``batch_rng``), so ``config.workers`` processes can draw, render, tokenize and collate batches
+ahead of the step (a torch DataLoader) and hand over exactly the batches the single-process loop
+would make (tested). AdamW is fused where torch supports it, ``bf16`` autocasts, ``compile``
+compiles the model's forward. Every ``save_every`` steps it writes a resumable checkpoint (weights, optimizer,
 step, random states); ``resume`` continues from the newest one and reproduces the run that was
 not interrupted (tested). The final model is written in the llava-hf layout (export.py).
 """
@@ -18,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
+from torch.utils.data import IterableDataset
 
 from chatspot_ros.training.conversations import Sample
 from chatspot_ros.training.dataset import ConversationEncoder, EncodeStats, PixelCache, collate
@@ -55,6 +60,86 @@ class ListSource:
         return load_rgb(key)
 
 
+def batch_rng(seed: int, step: int, micro: int) -> np.random.Generator:
+    """The generator micro-batch ``micro`` of step ``step`` is drawn from (any process, any order)."""
+    return np.random.default_rng([int(seed), int(step), int(micro)])
+
+
+def make_batch(source: SampleSource, encoder: ConversationEncoder, pixels: PixelCache, batch_size: int,
+               rng: np.random.Generator, pad_id: int, stats: EncodeStats) -> tuple[dict[str, Any], int]:
+    """One collated micro-batch (input_ids, attention_mask, labels, pixel_values) drawn with ``rng``;
+    rejected samples are counted in ``stats`` and replaced. Returns the batch and the rejections."""
+    items: list[tuple[Sample, Encoded]] = []
+    rejected = 0
+    for _ in range(20):
+        for sample in source.draw(rng, batch_size - len(items)):
+            result = encoder(sample)
+            stats.add(sample, result)
+            if isinstance(result, Encoded):
+                items.append((sample, result))
+            else:
+                rejected += 1
+        if len(items) == batch_size:
+            break
+    if not items:
+        raise RuntimeError(f"every drawn sample was rejected:\n{stats.summary()}")
+    batch = collate([e for _, e in items], pad_id)
+    batch["pixel_values"] = pixels.get([s.image for s, _ in items])
+    return batch, rejected
+
+
+class BatchStream(IterableDataset):
+    """Micro-batches from step ``start`` on, made in DataLoader worker processes (torch's
+    IterableDataset protocol): worker w of W makes the batches whose running number is w mod W,
+    and the DataLoader hands them over in order, each with its encode-stats delta."""
+
+    def __init__(self, source: SampleSource, encoder: ConversationEncoder, preprocess: Callable[..., Any],
+                 config: TrainConfig, pad_id: int, start: int) -> None:
+        self.source, self.encoder, self.preprocess = source, encoder, preprocess
+        self.config, self.pad_id, self.start = config, pad_id, start
+
+    def __iter__(self):  # noqa: ANN204 (an iterator of (batch, rejected, stats))
+        import torch
+
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        torch.set_num_threads(1)  # the trainer's threads belong to the step
+        pixels = PixelCache(self.preprocess, self.source.load_image)
+        accum = self.config.grad_accum
+        number = self.start * accum
+        while True:
+            if number % workers == worker:
+                stats = EncodeStats()
+                step, micro = divmod(number, accum)
+                batch, rejected = make_batch(self.source, self.encoder, pixels, self.config.batch_size,
+                                             batch_rng(self.config.seed, step, micro), self.pad_id, stats)
+                yield batch, rejected, stats
+            number += 1
+
+
+def _merge_stats(into: EncodeStats, delta: EncodeStats) -> None:
+    into.kept += delta.kept
+    into.truncated += delta.truncated
+    into.supervised_tokens += delta.supervised_tokens
+    into.total_tokens += delta.total_tokens
+    into.rejected.update(delta.rejected)
+    for reason, example in delta.examples.items():
+        into.examples.setdefault(reason, example)
+
+
+def make_adamw(groups: list[dict[str, Any]], config: TrainConfig, device: Any) -> tuple[Any, bool]:
+    """AdamW, fused where torch supports it on ``device`` (``config.fused``); returns (optimizer, fused)."""
+    import torch
+
+    kwargs = {"lr": config.lr, "betas": config.betas}
+    if config.fused:
+        try:
+            return torch.optim.AdamW(groups, fused=True, **kwargs), True
+        except (RuntimeError, TypeError, ValueError) as err:  # a device or dtype the fused kernel lacks
+            LOGGER.warning("fused AdamW not available here (%s); using the foreach implementation", err)
+    return torch.optim.AdamW(groups, **kwargs), False
+
+
 @dataclass
 class StepLog:
     step: int
@@ -87,36 +172,40 @@ class Trainer:
             raise ValueError("no trainable parameters: check the stage")
         decay = [p for p in self.params if p.dim() >= 2]
         no_decay = [p for p in self.params if p.dim() < 2]
-        self.optimizer = torch.optim.AdamW(
+        self.device = torch.device(config.device)
+        if config.bf16 and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ValueError("--bf16: this GPU has no bfloat16 support")
+        self.optimizer, self.fused = make_adamw(
             [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=config.lr, betas=config.betas,
-        )
+            config, self.device)
         self.step = 0
-        self.rng = np.random.default_rng(config.seed)
+        self.rng = np.random.default_rng(config.seed)  # dry runs and the card's samples; batches use batch_rng
+        self.preprocess = preprocess
         self.stats = EncodeStats()
         self.history: list[StepLog] = []
-        self.device = torch.device(config.device)
+        self.forward = torch.compile(model) if config.compile else model
+        self._stream: Any = None
 
     # ------------------------------------------------------------------ batches
-    def next_batch(self) -> tuple[dict[str, Any], int]:
-        """One micro-batch of encoded samples; rejected samples are counted and replaced."""
-        items: list[tuple[Sample, Encoded]] = []
-        rejected = 0
-        for _ in range(20):
-            for sample in self.source.draw(self.rng, self.config.batch_size - len(items)):
-                result = self.encoder(sample)
-                self.stats.add(sample, result)
-                if isinstance(result, Encoded):
-                    items.append((sample, result))
-                else:
-                    rejected += 1
-            if len(items) == self.config.batch_size:
-                break
-        if not items:
-            raise RuntimeError(f"every drawn sample was rejected:\n{self.stats.summary()}")
-        batch = collate([e for _, e in items], self.pad_id)
-        batch["pixel_values"] = self.pixels.get([s.image for s, _ in items])
-        return batch, rejected
+    def next_batch(self, micro: int = 0) -> tuple[dict[str, Any], int]:
+        """Micro-batch ``micro`` of the current step (from the workers when ``config.workers``)."""
+        if not self.config.workers:
+            return make_batch(self.source, self.encoder, self.pixels, self.config.batch_size,
+                              batch_rng(self.config.seed, self.step, micro), self.pad_id, self.stats)
+        if self._stream is None:
+            import torch
+
+            stream = BatchStream(self.source, self.encoder, self.preprocess, self.config, self.pad_id, self.step)
+            loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=self.config.workers,
+                                                 prefetch_factor=4, pin_memory=self.device.type == "cuda")
+            self._stream = iter(loader)
+        batch, rejected, stats = next(self._stream)
+        _merge_stats(self.stats, stats)
+        return batch, int(rejected)
+
+    def close(self) -> None:
+        """Stop the batch workers (a later step starts them again from the current step)."""
+        self._stream = None
 
     # ------------------------------------------------------------------ loop
     def train_step(self) -> StepLog:
@@ -130,16 +219,16 @@ class Trainer:
         total_loss, tokens, supervised, rejected = 0.0, 0, 0, 0
         self.model.train()
         micro = []
-        for _ in range(cfg.grad_accum):
-            batch, rej = self.next_batch()
+        for k in range(cfg.grad_accum):
+            batch, rej = self.next_batch(k)
             rejected += rej
             micro.append(batch)
         sup_total = sum(int((b["labels"] != -100).sum()) for b in micro)
         for batch in micro:
-            batch = {k: v.to(self.device) for k, v in batch.items()}
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             labels = batch.pop("labels")
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                logits = self.model(**batch).logits  # (B, T, V)
+                logits = self.forward(**batch).logits  # (B, T, V)
             # token-mean over the whole accumulated batch, like one big batch
             shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
             shift_labels = labels[:, 1:].reshape(-1)
@@ -171,7 +260,11 @@ class Trainer:
                    dynamic_ncols=True)
         smoothed = None
         try:
+            started = time.perf_counter()
             while self.step < cfg.steps:
+                if cfg.max_minutes and time.perf_counter() - started > 60 * cfg.max_minutes:
+                    LOGGER.info("stopping at step %d: --max-minutes %g reached", self.step, cfg.max_minutes)
+                    break
                 log = self.train_step()
                 smoothed = log.loss if smoothed is None else 0.9 * smoothed + 0.1 * log.loss
                 bar.update(1)
@@ -184,6 +277,7 @@ class Trainer:
                     self.save_state()
         finally:
             bar.close()
+            self.close()
         self.save_state()
         return self.history
 
@@ -233,7 +327,9 @@ class Trainer:
         saved["betas"] = tuple(saved["betas"])
         saved["lora_targets"] = tuple(saved["lora_targets"])
         mismatch = {k: (saved.get(k), v) for k, v in self.config.to_json().items()
-                    if k not in ("steps", "save_every", "log_every", "threads") and saved.get(k) != v}
+                    if k not in ("steps", "save_every", "log_every", "threads", "workers", "compile", "fused",
+                                  "max_minutes")
+                    and saved.get(k) != v}
         if mismatch:
             raise ValueError(f"cannot resume {path}: the run's settings differ ({mismatch}); use a new --out")
         named = dict(self.model.named_parameters())
