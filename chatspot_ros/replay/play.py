@@ -61,10 +61,17 @@ class DdsPublisher:
         self.publisher(topic, msgtype).publish(bytes(cdr))
         self.published += 1
 
-    def close(self, linger_s: float = 0.5) -> None:
-        time.sleep(linger_s)  # let reliable writers deliver their last messages
+    def close(self, ack_timeout_s: float = 30.0) -> list[str]:
+        """Wait until the subscribers acknowledged every message (a reliable writer destroyed
+        earlier loses what it has not delivered yet), then leave; returns the topics not acknowledged."""
+        from rclpy.duration import Duration
+
+        end = time.monotonic() + ack_timeout_s
+        unacked = [topic for (topic, _), pub in self._publishers.items()
+                   if not pub.wait_for_all_acked(Duration(seconds=max(0.0, end - time.monotonic())))]
         self.node.destroy_node()
         self._rclpy.try_shutdown(context=self.context)
+        return unacked
 
 
 def play(args: Any) -> int:
