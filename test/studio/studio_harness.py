@@ -31,6 +31,7 @@ def browser_missing() -> str:
 
 def chrome(width: int = 1280, height: int = 800) -> Any:
     from selenium import webdriver
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
@@ -40,7 +41,13 @@ def chrome(width: int = 1280, height: int = 800) -> Any:
                  "--disable-default-apps", "--no-first-run", "--disable-component-update",
                  "--metrics-recording-only", "--mute-audio", f"--window-size={width},{height}"):
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the page's console, for failures
+    try:
+        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    except WebDriverException as err:  # seen once on a machine at load 12: the browser did not come up
+        sys.stderr.write(f"chromium did not start ({err.msg}); trying once more\n")
+        time.sleep(2)
+        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_script_timeout(30)
     return driver
 
@@ -108,6 +115,23 @@ def wait_js(driver: Any, expression: str, timeout: float = 30.0, message: str = 
         if time.monotonic() > end:
             raise AssertionError(message or f"timed out waiting for {expression}")
         time.sleep(0.05)
+
+
+def open_page(driver: Any, studio: StudioProcess, ready: str, timeout: float = 60.0) -> None:
+    """Load the page and wait for ``ready``; on failure the message holds the studio's log and the
+    browser's console."""
+    driver.get(studio.url)
+    try:
+        wait_js(driver, ready, timeout)
+    except AssertionError:
+        try:
+            console = driver.get_log("browser")
+        except Exception as err:  # noqa: BLE001 - only for the failure message
+            console = [f"(no console log: {err})"]
+        state = driver.execute_script("return JSON.stringify({hello: !!studio.hello, frames: studio.framesShown, "
+                                      "connected: studio.connected, errors: studio.errors});")
+        raise AssertionError(f"the page did not get ready ({ready}): {state}\nconsole: {console}\n"
+                             f"studio log:\n{studio.log()}") from None
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, message: str) -> Any:

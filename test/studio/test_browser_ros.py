@@ -25,6 +25,7 @@ from studio_harness import (  # noqa: E402
     browser_missing,
     canvas_pixel,
     chrome,
+    open_page,
     click_at,
     drag_box,
     errors_shown,
@@ -77,8 +78,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 def page(stack: dict[str, Any]) -> Iterator[Any]:
     driver = chrome()
     try:
-        driver.get(stack["studio"].url)
-        wait_js(driver, "studio.hello && studio.framesShown >= 2", 60, "no frames reached the page")
+        open_page(driver, stack["studio"], "studio.hello && studio.framesShown >= 2")
         yield driver
     finally:
         driver.quit()
@@ -99,9 +99,9 @@ def looks_cyan(rgba: list[int]) -> bool:
     return g - r > 60 and b - r > 60
 
 
-def looks_yellow(rgba: list[int]) -> bool:
+def looks_magenta(rgba: list[int]) -> bool:
     r, g, b = rgba[:3]
-    return r > 200 and g > 150 and b < 90
+    return r > 200 and b > 200 and g < 90
 
 
 def test_live_frames_the_detections_overlay_with_descriptions_and_the_agent_state(page: Any,
@@ -153,7 +153,7 @@ def test_drag_a_box_over_an_object_and_read_the_streamed_answer_about_the_frozen
     assert history[0] == "answered" and " ms" in history[1] and target.category in history[1].lower()
     # the region is drawn on the frozen frame, with the answer
     bottom = [(int((rx0 + rx1) / 2), int(ry1) + d) for d in (-1, 0, 1)]
-    assert any(looks_yellow(canvas_pixel(page, x, y)) for x, y in bottom)
+    assert any(looks_magenta(canvas_pixel(page, x, y)) for x, y in bottom)
     assert "FROZEN" in page.execute_script("return document.getElementById('frame-info').textContent;")
     save_screenshot(page, tmp_path / "studio.png")
     if os.environ.get("CHATSPOT_UPDATE_SCREENSHOT") == "1":  # the README's picture

@@ -14,7 +14,7 @@ import pytest
 from chatspot_ros.service import imaging
 from chatspot_ros.world import render, sample_scene
 
-from studio_harness import StudioProcess, ask, browser_missing, chrome, click_at, drag_box, wait_js
+from studio_harness import StudioProcess, ask, browser_missing, chrome, click_at, drag_box, open_page, wait_js
 
 SEED, INDEX = 2026, 3  # yellow triangle, orange cube, red triangle, yellow ball
 UPLOAD_INDEX = 5  # orange triangle, red ball, red triangle, blue ball, orange cube
@@ -34,8 +34,7 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     driver = None
     try:
         driver = chrome()
-        driver.get(studio.url)
-        wait_js(driver, "studio.hello && studio.framesShown >= 1", 60, "no frame reached the page")
+        open_page(driver, studio, "studio.hello && studio.framesShown >= 1")
         yield driver
         assert studio.alive(), studio.log()
     finally:

@@ -18,7 +18,7 @@ window.studio = S;
 const $ = (id) => document.getElementById(id);
 const canvas = $("canvas");
 const ctx = canvas.getContext("2d");
-const COLORS = { overlay: "#00e5ff", region: "#ffcc00", draft: "#ff8800", answer: "rgba(20,20,20,0.8)" };
+const COLORS = { overlay: "#00e5ff", region: "#ff00ff", draft: "#ff8800", answer: "rgba(20,20,20,0.8)" };
 
 // ---------------------------------------------------------------------------------------- socket
 
