@@ -1,8 +1,10 @@
 # The two README commands: `make demo` and `make test`. Both set up what is missing first.
 # MODEL=/path/to/checkpoint runs the demo with that checkpoint instead of the shipped tabletop model.
 # PYTEST_ARGS="-k referring" passes arguments to pytest.
+# DEMO_ARGS="--seconds 120" passes options to scripts/demo.py (python scripts/demo.py --help lists them).
 MODEL ?=
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: setup demo test bench clean setup-vllm test-vllm setup-compat test-compat
 
@@ -10,7 +12,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	@bash scripts/run_in_env.sh python scripts/demo.py $(if $(MODEL),--model "$(MODEL)")
+	@bash scripts/run_in_env.sh python scripts/demo.py $(if $(MODEL),--model "$(MODEL)") $(DEMO_ARGS)
 
 test: setup
 	@bash scripts/run_in_env.sh python -m pytest $(PYTEST_ARGS)

@@ -14,14 +14,19 @@
    for an action plan for a task about it and streams a description.
 
 Every process runs with ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST on a private ROS_DOMAIN_ID.
-Exit status 0 only when the node came up, descriptions arrived, every planner call succeeded and
-the node shut down cleanly; 1 otherwise (2 for a bad ``--model``). How many answers name the right
-object is printed, not enforced.
+After the scene has played, the demo stops sending detections and waits (at most ``--answer-wait``
+seconds) until every detection message and the click it sent was answered or dropped by the node,
+and says which it was and why it stopped waiting. The node answers one message at a time; when
+detections arrive faster than the model answers, it keeps the newest and drops an older one with a
+"queue full" warning (counted here). Exit status 0 only when the node came up, answers arrived and
+named objects were checked, every planner call succeeded and the node shut down cleanly; 1
+otherwise (2 for a bad ``--model``). How many answers name the right object is printed, not enforced.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -83,6 +88,10 @@ class ScenePlayer:
         self.truth = {f"object_{i}": o.category for i, o in enumerate(self.scene.objects)}
         self.truth["click"] = self.scene.objects[-1].category
         self.descriptions = 0
+        self.detection_messages = 0  # sent
+        self.clicks = 0  # sent
+        self.send_detections = False  # set while the scene plays (node active); then only the camera runs
+        self.live_frames = 0  # frames sent while detections are sent
         self.checked = 0
         self.correct = 0
         self.frames = 0
@@ -107,7 +116,8 @@ class ScenePlayer:
         self.image_pub.publish(image)
         self.info_pub.publish(info)
         self.frames += 1
-        if self.frames % 10 == 1:  # a slower detector: every 10th frame; it finds objects, not names
+        self.live_frames += 1 if self.send_detections else 0
+        if self.live_frames % 10 == 1 and self.send_detections:  # a slower detector: every 10th frame, no names
             detections = Detection2DArray(header=image.header)
             for i, obj in enumerate(self.scene.objects):
                 det = Detection2D(header=image.header, id=f"object_{i}")
@@ -119,10 +129,12 @@ class ScenePlayer:
                 det.results.append(hypothesis)
                 detections.detections.append(det)
             self.det_pub.publish(detections)
-        if self.frames == 15:  # a person clicks on the last object
+            self.detection_messages += 1
+        if self.live_frames == 15 and self.send_detections:  # a person clicks on the last object
             click = PointStamped(header=image.header)
             click.point.x, click.point.y = (float(v) for v in self.scene.objects[-1].inside_point(np.random.default_rng(0)))
             self.click_pub.publish(click)
+            self.clicks += 1
 
     def _on_descriptions(self, msg: RegionDescriptionArray) -> None:
         self.descriptions += 1
@@ -162,6 +174,48 @@ def tiny_model(cache_dir: Path) -> Path:
     return cache_dir
 
 
+class NodeLog:
+    """Relays the node's output line by line ("[node] ...") and counts its queue-full drops."""
+
+    DROP = re.compile(r"queue full", re.IGNORECASE)
+    MORE = re.compile(r"and (\d+) more like it")  # the node folds repeated warnings into one line
+
+    def __init__(self, agent: subprocess.Popen) -> None:
+        self.drops = 0
+        self._thread = threading.Thread(target=self._relay, args=(agent,), daemon=True)
+        self._thread.start()
+
+    def _relay(self, agent: subprocess.Popen) -> None:
+        assert agent.stdout is not None
+        for line in agent.stdout:
+            if self.DROP.search(line):
+                more = self.MORE.search(line)
+                self.drops += 1 + (int(more.group(1)) if more else 0)
+                if self.drops == 1:
+                    print("[demo] (the node answers one detection message at a time; when the next arrives before "
+                          "the model is done, it keeps the newest and drops an older one: 'queue full'. Expected "
+                          "when the CPU is busy; the drops are counted below.)", flush=True)
+            sys.stdout.write(f"[node] {line}")
+            sys.stdout.flush()
+
+    def join(self) -> None:
+        self._thread.join(5.0)
+
+
+def wait_for_answers(scene: "ScenePlayer", log: NodeLog, limit: float) -> str:
+    """Wait until every detection message and click sent was answered or dropped; why the wait ended."""
+    scene.send_detections = False
+    started = time.monotonic()
+    while True:
+        sent = scene.detection_messages + scene.clicks
+        if scene.descriptions + log.drops >= sent:
+            return f"all {sent} answered or dropped after {time.monotonic() - started:.1f} s"
+        if time.monotonic() - started > limit:
+            return (f"--answer-wait {limit:g} s passed with {sent - scene.descriptions - log.drops} of {sent} "
+                    "still unanswered")
+        time.sleep(0.2)
+
+
 def stop_agent(agent: subprocess.Popen) -> int:
     """SIGINT the node and wait for it; its exit status (killed after 30 s: -9)."""
     if agent.poll() is None:
@@ -195,13 +249,16 @@ def run_planner(env: dict[str, str], timeout: float, scene) -> int:  # noqa: ANN
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", type=Path, help="local checkpoint folder (default: the shipped tabletop model)")
     parser.add_argument("--random", action="store_true", help="a tiny random-weight model instead (plumbing only)")
     parser.add_argument("--cache-dir", type=Path, default=REPO / "build" / "demo" / "tiny_llava")
     parser.add_argument("--seconds", type=float, default=6.0, help="how long the scene plays before the planner")
     parser.add_argument("--fps", type=float, default=10.0)
-    parser.add_argument("--timeout", type=float, default=180.0)
+    parser.add_argument("--answer-wait", type=float, default=90.0,
+                        help="after the scene, wait this long at most for the answers still due")
+    parser.add_argument("--timeout", type=float, default=180.0, help="for the node to come up and for the planner")
     args = parser.parse_args(argv)
 
     from chatspot_ros.models import shipped_model
@@ -216,7 +273,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 "--params-file", str(REPO / "config" / "agent.yaml"), "-p", f"model.path:={model}",
                 "-p", "generation.max_new_tokens:=48"]
     print("[demo] starting the node:", " ".join(node_cmd[1:]))
-    agent = subprocess.Popen(node_cmd, env=env, cwd=str(REPO))
+    agent = subprocess.Popen(node_cmd, env=env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, bufsize=1)
+    log = NodeLog(agent)
     scene: Optional[ScenePlayer] = None
     ok = False
     try:
@@ -232,17 +291,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 return 1
             time.sleep(0.2)
         print(f"[demo] node active; playing the scene for {args.seconds:g} s")
+        scene.send_detections = True
+        print(f"[demo] to watch it in a browser (docs/studio.md), run in another shell while the demo plays: "
+              f"source scripts/env.sh && ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']} chatspot-studio, then open "
+              f"http://127.0.0.1:8765/ (make demo DEMO_ARGS='--seconds 120' plays longer)")
         time.sleep(args.seconds)
-        print(f"[demo] scene: {scene.frames} frames published, {scene.descriptions} description messages received; "
-              f"{scene.correct} of {scene.checked} region descriptions name the right object")
+        print(f"[demo] scene played: {scene.frames} frames, {scene.detection_messages} detection messages and "
+              f"{scene.clicks} click sent; waiting for their answers (at most {args.answer_wait:g} s)")
+        ended = wait_for_answers(scene, log, args.answer_wait)
+        print(f"[demo] scene: {scene.descriptions} description messages received, {log.drops} dropped by the node "
+              f"(queue full); waited until {ended}; {scene.correct} of {scene.checked} region descriptions "
+              f"name the right object")
         planner_status = run_planner(env, args.timeout, scene.scene)
-        ok = planner_status == 0 and scene.descriptions > 0
+        ok = planner_status == 0 and scene.descriptions > 0 and scene.checked > 0
         if not ok:
-            print(f"[demo] planner exit {planner_status}, {scene.descriptions} description messages", file=sys.stderr)
+            print(f"[demo] not OK: planner exit {planner_status}, {scene.descriptions} description messages, "
+                  f"{scene.checked} answers checked against the truth", file=sys.stderr)
     finally:
         if scene is not None:
             scene.stop()
         agent_status = stop_agent(agent)
+        log.join()
     if agent_status != 0:
         print(f"[demo] the node exited with status {agent_status}", file=sys.stderr)
         ok = False

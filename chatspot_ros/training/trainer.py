@@ -268,7 +268,9 @@ class Trainer:
                 log = self.train_step()
                 smoothed = log.loss if smoothed is None else 0.9 * smoothed + 0.1 * log.loss
                 bar.update(1)
-                bar.set_postfix(loss=f"{smoothed:.3f}", lr=f"{log.lr:.2e}", sps=f"{log.samples_per_s:.1f}")
+                # loss: this step's mean token loss, the number metrics.csv records; loss_ema: its 0.9 average
+                bar.set_postfix(loss=f"{log.loss:.3f}", loss_ema=f"{smoothed:.3f}", lr=f"{log.lr:.2e}",
+                                sps=f"{log.samples_per_s:.1f}")
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     self._append_metrics(log)
                 if on_step is not None:
@@ -362,7 +364,7 @@ def plot_loss_curve(metrics_csv: str | Path, out_png: str | Path, title: str = "
     rows = read_metrics(metrics_csv)
     steps = [r["step"] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    ax.plot(steps, [r["loss"] for r in rows], label="loss", color="tab:blue")
+    ax.plot(steps, [r["loss"] for r in rows], label="loss (logged steps, metrics.csv)", color="tab:blue")
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (assistant tokens)")
@@ -370,6 +372,8 @@ def plot_loss_curve(metrics_csv: str | Path, out_png: str | Path, title: str = "
     ax2 = ax.twinx()
     ax2.plot(steps, [r["lr"] for r in rows], label="lr", color="tab:orange", alpha=0.6)
     ax2.set_ylabel("learning rate")
+    lines = ax.get_lines() + ax2.get_lines()
+    ax.legend(lines, [line.get_label() for line in lines], loc="upper right")
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(out_png)

@@ -26,7 +26,7 @@ SHIPPED = "chatspot_ros/models/tabletop"
 # (regex on the command, why it does not run in the suite)
 EXCLUDED: list[tuple[str, str]] = [
     (r"^make (demo|test|bench|setup|setup-vllm|test-vllm)\b", "runs for minutes; CI runs make test itself and "
-     "test/demo covers make demo"),
+     "test/cli/test_demo.py runs scripts/demo.py"),
     (r"^source scripts/env\.sh", "the suite already runs inside that environment"),
     (r"^(mkdir -p ~/ws|cd ~/ws|rosdep |colcon |pip install|ros2 )", "needs a ROS 2 install (no ros2cli here)"),
     (r"python -m chatspot_ros\.agent(?! --help$)|^chatspot-agent", "starts the node, which runs until stopped (test/ros)"),
