@@ -32,7 +32,7 @@ from chatspot_ros.msg import Region as RegionMsg
 from chatspot_ros.msg import RegionDescriptionArray
 from chatspot_ros.ros import convert
 from chatspot_ros.service import imaging
-from chatspot_ros.srv import SuggestActions
+from chatspot_ros.srv import AskRegion, SuggestActions
 from chatspot_ros.studio.backend import Answer, Backend, FrameSink, PartialCallback
 from chatspot_ros.studio.hub import Counters, HeldFrame, SourceFrame
 from chatspot_ros.studio.protocol import AskMessage, SuggestMessage, region_to_json
@@ -97,6 +97,7 @@ class RosBackend(Backend):
         node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         self._describe = ActionClient(node, Describe, "describe")
         self._suggest = node.create_client(SuggestActions, "suggest_actions")
+        self._ask = node.create_client(AskRegion, "ask")
         self._thread.start()
 
     def _spin(self) -> None:
@@ -210,6 +211,8 @@ class RosBackend(Backend):
     async def ask(self, frame: HeldFrame, msg: AskMessage, on_partial: PartialCallback,
                   cancel: asyncio.Event) -> Answer:
         if not self._describe.server_is_ready():
+            if self._ask.service_is_ready():  # an agent without the action: the whole answer at once
+                return await self._ask_once(frame, msg, cancel)
             return Answer(ok=False, message=f"the agent's describe action is not available "
                                             f"({self.node.resolve_topic_name('describe')}): is the agent active?")
         loop = asyncio.get_running_loop()
@@ -254,6 +257,38 @@ class RosBackend(Backend):
         return Answer(ok=bool(result.success), text=result.answer, message=result.message,
                       instruction=result.instruction, stamp=stamp, referred_by=referred_by)
 
+    async def _ask_once(self, frame: HeldFrame, msg: AskMessage, cancel: asyncio.Event) -> Answer:
+        """The ``ask`` service: no partial text, and cancel only stops waiting (a service runs to its end)."""
+        if not msg.question:
+            return Answer(ok=False, message="this agent offers no describe action, and its ask service needs a "
+                                            "question: type one (or pick a preset other than Describe)")
+        request = AskRegion.Request()
+        request.stamp, request.image, referred_by = await asyncio.get_running_loop().run_in_executor(
+            None, self._frame_fields, frame)
+        request.regions = [convert.region_to_msg(msg.region)] if msg.region is not None else []
+        request.question = msg.question
+        request.max_new_tokens = msg.max_new_tokens
+        response = await self._call(self._ask, request, cancel)
+        if isinstance(response, Answer):
+            return Answer(ok=False, cancelled=response.cancelled, message=response.message, referred_by=referred_by)
+        return Answer(ok=bool(response.success), text=response.answer, message=response.message,
+                      instruction=response.instruction, referred_by=referred_by,
+                      stamp={"sec": response.header.stamp.sec, "nanosec": response.header.stamp.nanosec})
+
+    async def _call(self, client: Any, request: Any, cancel: asyncio.Event) -> Any:
+        """A service response, or an Answer saying it was cancelled or timed out (the late response is dropped)."""
+        future = self._bridge(client.call_async(request))
+        cancelled = asyncio.ensure_future(cancel.wait())
+        try:
+            await asyncio.wait({future, cancelled}, timeout=self.answer_timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            cancelled.cancel()
+        if future.done():
+            return future.result()
+        future.cancel()
+        return Answer(ok=False, cancelled=cancel.is_set(),
+                      message="cancelled" if cancel.is_set() else f"no answer within {self.answer_timeout_s:g} s")
+
     async def suggest(self, frame: HeldFrame, msg: SuggestMessage, cancel: asyncio.Event) -> Answer:
         if not self._suggest.service_is_ready():
             return Answer(ok=False,
@@ -263,18 +298,9 @@ class RosBackend(Backend):
             None, self._frame_fields, frame)  # may decode a compressed frame: off the event loop
         request.region = convert.region_to_msg(msg.region) if msg.region is not None else RegionMsg(type=RegionMsg.BOX)
         request.task = msg.task
-        future = self._bridge(self._suggest.call_async(request))
-        cancelled = asyncio.ensure_future(cancel.wait())
-        try:
-            done, _ = await asyncio.wait({future, cancelled}, timeout=self.answer_timeout_s,
-                                         return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            cancelled.cancel()
-        if not future.done():  # a service call cannot be stopped: its late response is dropped
-            future.cancel()
-            return Answer(ok=False, cancelled=cancel.is_set(), referred_by=referred_by,
-                          message="cancelled" if cancel.is_set() else f"no answer within {self.answer_timeout_s:g} s")
-        response = future.result()
+        response = await self._call(self._suggest, request, cancel)
+        if isinstance(response, Answer):
+            return Answer(ok=False, cancelled=response.cancelled, message=response.message, referred_by=referred_by)
         s = response.suggestion
         return Answer(ok=bool(response.success), text=s.text, message=response.message, steps=list(s.steps),
                       stamp={"sec": s.header.stamp.sec, "nanosec": s.header.stamp.nanosec}, referred_by=referred_by)
@@ -304,6 +330,7 @@ class RosBackend(Backend):
         if self._status_time and age > 5.0:
             status["state"] = f"no /diagnostics for {age:.0f} s (last: {status.get('state', '?')})"
         status["agent"] = self.agent_name
-        status["describe"] = "ready" if self._describe.server_is_ready() else "not available"
+        status["describe"] = ("ready" if self._describe.server_is_ready()
+                              else "not available (ask service)" if self._ask.service_is_ready() else "not available")
         return status
 

@@ -10,6 +10,7 @@ import asyncio
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import numpy as np
@@ -17,7 +18,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ros"))
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
-from ros_harness import RosClient, box_region, compressed_msg, detection, detections_msg, scene, stamp  # noqa: E402
+from ros_harness import (RosClient, box_region, compressed_msg, detection, detections_msg, image_msg, scene,  # noqa: E402
+                         stamp)
 
 from chatspot_ros.msg import RegionDescription, RegionDescriptionArray  # noqa: E402
 from chatspot_ros.studio.hub import Counters  # noqa: E402
@@ -116,7 +118,6 @@ def test_a_raw_frame_is_encoded_and_an_old_frozen_frame_travels_as_pixels() -> N
     from sensor_msgs.msg import CompressedImage
 
     from chatspot_ros.studio.hub import HeldFrame, SourceFrame
-    from ros_harness import image_msg
 
     counters = Counters()
     backend = RosBackend(counters, ros_args=["-r", "__ns:=/studio_bridge_refer"], stamp_max_frames=10)
@@ -141,3 +142,74 @@ def test_a_raw_frame_is_encoded_and_an_old_frozen_frame_travels_as_pixels() -> N
         assert jpeg[:2] == b"\xff\xd8"
     finally:
         backend.close()
+
+
+def test_without_the_describe_action_a_question_goes_to_the_ask_service() -> None:
+    """An agent that offers ``ask`` but no ``describe`` (played by the test node): one answer, no stream."""
+    import threading
+
+    from chatspot_ros.srv import AskRegion
+
+    namespace = "/studio_bridge_ask"
+    counters = Counters()
+    backend = RosBackend(counters, ros_args=["-r", f"__ns:={namespace}"], answer_timeout_s=10)
+    studio = Studio(backend, StudioConfig(port=0), counters=counters)
+    asked: list[Any] = []
+
+    def on_ask(request: Any, response: Any) -> Any:
+        asked.append(request)
+        response.success, response.answer = True, f"seen: {request.question}"
+        response.instruction = f"{request.question} <box>...</box>"
+        response.header.stamp = request.stamp
+        return response
+
+    client = RosClient(namespace)
+    client.node.create_service(AskRegion, "ask", on_ask)
+    spinning = threading.Event()
+    spinning.set()
+
+    def spin() -> None:
+        while spinning.is_set():
+            client.executor.spin_once(timeout_sec=0.05)
+
+    spinner = threading.Thread(target=spin, daemon=True)
+    spinner.start()
+
+    async def go() -> None:
+        await studio.start()
+        try:
+            async with aiohttp.ClientSession() as s:
+                ws = await connect(s, studio)
+                await next_json(ws, "hello")
+                end = time.monotonic() + 20
+                while not backend._ask.service_is_ready():
+                    assert time.monotonic() < end, "the studio never saw the ask service"
+                    await asyncio.sleep(0.1)
+                end = time.monotonic() + 20
+                frame = None
+                while frame is None:
+                    assert time.monotonic() < end, "no frame reached the studio"
+                    client.publish("image", image_msg(scene(160, 120), stamp(42, 7)), reliable=False)
+                    await asyncio.sleep(0.1)
+                    frame = studio.held.latest()
+                await ws.send_json({"type": "freeze", "frame": frame.id})
+                await ws.send_json({"type": "ask", "id": "q", "frame": frame.id, "question": "What is this?",
+                                    "region": {"kind": "box", "points": [[10, 10], [50, 40]]}})
+                answer = await next_json(ws, "answer")
+                assert answer["ok"] and answer["text"] == "seen: What is this?", answer
+                assert answer["answered_stamp"] == {"sec": 42, "nanosec": 7} and answer["stamp_matches"]
+                assert answer["referred_by"] == "stamp"
+                request = asked[-1]
+                assert [(p.x, p.y) for p in request.regions[0].points] == [(10.0, 10.0), (50.0, 40.0)]
+                await ws.send_json({"type": "ask", "id": "d", "frame": frame.id, "question": ""})
+                answer = await next_json(ws, "answer")
+                assert not answer["ok"] and "needs a question" in answer["message"]
+        finally:
+            await studio.stop()
+
+    try:
+        run(go(), 90)
+    finally:
+        spinning.clear()
+        spinner.join(5)
+        client.close()
