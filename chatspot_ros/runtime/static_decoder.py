@@ -26,7 +26,9 @@ capacity, S = suffix capacity, T = tokens of this call, V = vocabulary, n = laye
 from __future__ import annotations
 
 import logging
+import os
 import time
+from pathlib import Path
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -41,6 +43,44 @@ SUFFIX_BUCKET = 32
 MAX_BUCKETS = 4  # buffer sets kept (a 7B set for 16 rows, 640 prefix and 128 suffix slots: about 1.3 GB)
 AUTO_SYNC_EVERY = 8  # CUDA: decode steps between host reads when sync_every is 0 (auto)
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+# Where torch.compile keeps its generated code between processes (inductor's FX graph and AOTAutograd
+# caches): a restart of the node then loads the decode step instead of compiling it again.
+COMPILE_CACHE_ENV = "CHATSPOT_COMPILE_CACHE"
+DEFAULT_COMPILE_CACHE = Path("~/.cache/chatspot_ros/torch-compile")
+
+
+def compile_cache_dir() -> Path:
+    """The on-disk compile cache, made the one inductor uses: ``$CHATSPOT_COMPILE_CACHE``, else a
+    ``TORCHINDUCTOR_CACHE_DIR`` the user chose, else ~/.cache/chatspot_ros/torch-compile (torch's own
+    default is under /tmp, which a reboot clears; torch also writes that default into the environment
+    on first use, so it is recognised and replaced)."""
+    chosen = os.environ.get(COMPILE_CACHE_ENV)
+    if not chosen:
+        user = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+        try:
+            from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+            torch_default = default_cache_dir()
+        except (ImportError, AttributeError):
+            torch_default = None
+        chosen = user if user and user != torch_default else str(DEFAULT_COMPILE_CACHE)
+    path = Path(chosen).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)  # read by inductor at each compile
+    try:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.fx_graph_cache = True
+        import torch._functorch.config as functorch_config
+
+        functorch_config.enable_autograd_cache = True
+    except (ImportError, AttributeError):  # an older torch without these switches: its defaults
+        pass
+    return path
+
+
+def _cached_files(path: Path) -> int:
+    return sum(1 for _ in path.rglob("*") if _.is_file()) if path.is_dir() else 0
 
 
 def unsupported(lm: Any) -> str | None:
@@ -246,6 +286,8 @@ class StaticDecoder:
         self.lm, self.device, self.dtype, self.sync_every = lm, device, dtype, sync_every
         self.compile_mode, self.compile_backend = compile, compile_backend
         self._use_compile = compile == "on" or (compile == "auto" and device.type == "cuda")
+        self.cache_dir = compile_cache_dir() if self._use_compile and compile_backend == "inductor" else None
+        self.warmup_s: float | None = None  # the compile warm-up at configure (warm_up), when it ran
         self._steps: OrderedDict[tuple[int, int, int], StaticStep] = OrderedDict()
         self._compiled: dict[tuple[int, int, int], Callable[..., torch.Tensor]] = {}
         self.compiles = 0  # decode-step graphs compiled (one per bucket the process has seen)
@@ -292,12 +334,35 @@ class StaticDecoder:
                 return step(*args)
             self.compiles += 1
             LOGGER.info("compiled the decode step for batch %d, prefix capacity %d, suffix capacity %d "
-                        "(graph %d of this process, %s) in %.1f s", *key, self.compiles, self.compile_backend,
-                        time.perf_counter() - start)
+                        "(graph %d of this process, %s, cache %s) in %.1f s", *key, self.compiles,
+                        self.compile_backend, self.cache_dir or "off", time.perf_counter() - start)
             self._compiled[key] = compiled
             return out
 
         return first_call
+
+    @torch.inference_mode()
+    def warm_up(self, prefix_len: int, suffix_len: int, rows: int = 1) -> float:
+        """Compile the decode step of one bucket now (at configure, not on the first frame); logs and
+        returns its seconds. With the on-disk cache (compile_cache_dir) a restart loads it instead."""
+        if not self._use_compile:
+            return 0.0
+        before = _cached_files(self.cache_dir) if self.cache_dir is not None else 0
+        start = time.perf_counter()
+        key, step = self._bucket(rows, prefix_len, suffix_len)
+        step.load_prefix([], 0)
+        step.prefix_mask[:1] = True  # a query must see one prefix key; the buffers are reset per frame
+        batch = key[0]
+        ids = torch.full((batch, 1), int(self.lm.pad_token_id), dtype=torch.long, device=self.device)
+        positions = torch.ones((batch, 1), dtype=torch.long, device=self.device)
+        self._decode_fn(key, step)(ids, positions, torch.tensor([0], device=self.device))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.warmup_s = time.perf_counter() - start
+        state = "off" if self.cache_dir is None else f"{self.cache_dir}, {'warm' if before else 'cold'} ({before} files before)"
+        LOGGER.info("decode-step compile warm-up for batch %d, prefix capacity %d, suffix capacity %d: %.1f s "
+                    "(%s, compile cache %s)", *key, self.warmup_s, self.compile_backend, state)
+        return self.warmup_s
 
     @torch.inference_mode()
     def generate(self, prefix_kv: Sequence[tuple[torch.Tensor, torch.Tensor]], prefix_len: int,
