@@ -296,7 +296,8 @@ def load_model(info: CheckpointInfo, config: RuntimeConfig) -> tuple[Any, Any, A
     dtype = TORCH_DTYPES[config.dtype]
     device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {config.device!r} asked for, but torch sees no CUDA device; use device='cpu'")
+        raise ValueError(f"device {config.device!r} asked for, but torch sees no CUDA device; "
+                         "use the CPU (--device cpu; the node: model.device:=cpu)")
     linear = info.projector_type == "linear"
     previous = hf_logging.get_verbosity()
     if linear:  # linear_1/linear_2 are reported missing; the strict check below replaces them

@@ -225,3 +225,16 @@ def test_installed_scripts_follow_the_contract(files) -> None:
         assert proc.returncode == 2, (prog, err)
         assert lines and lines[-1].startswith(f"{prog}: error: "), (prog, err)
         assert "Traceback" not in err, (prog, err)
+
+
+def test_cuda_asked_on_a_machine_without_it(files, capsys) -> None:
+    """--device cuda where torch sees no GPU: one line that names the flag to use instead."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the mistake cannot be made here")
+    status = _main("chatspot-ask")(["--model", str(SHIPPED), "--image", str(files["frame"]), "--question", "q",
+                                    "--device", "cuda"])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and err.startswith("chatspot-ask: error: ") and "--device cpu" in err, err
+    assert "Traceback" not in err
