@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from chatspot_ros.cli.errors import EXIT_USAGE, UsageError, cli_main
+from chatspot_ros.cli.errors import UsageError, cli_main, finish_parser, cli_main
 
 PROG = "chatspot-studio"
 
@@ -27,7 +27,6 @@ def build_parser() -> argparse.ArgumentParser:
     from chatspot_ros.studio.server import DEFAULT_PORT
 
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                      epilog="ROS arguments go after --ros-args (e.g. -r __ns:=/robot1).")
     web = parser.add_argument_group("server")
     web.add_argument("--host", default="127.0.0.1",
@@ -60,12 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     local = parser.add_argument_group("without ROS (the pipeline in this process)")
     local.add_argument("--model", type=Path, help="checkpoint folder; selects the mode without ROS")
     local.add_argument("--image", type=Path, help="the first image (JPEG or PNG); the page can upload others")
-    local.add_argument("--world-seed", type=int, help="the first image: a tabletop world frame of this seed")
+    local.add_argument("--world-seed", type=int,
+                       help="the first image: a tabletop world frame of this seed (without --image: 2026)")
     local.add_argument("--world-index", type=int, default=0, help="its frame index")
     local.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     local.add_argument("--max-new-tokens", type=int, default=64, help="default answer length in tokens")
     parser.add_argument("--verbose", action="store_true", help="debug logging and tracebacks")
-    return parser
+    return finish_parser(parser)
 
 
 def split_ros_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -145,6 +145,7 @@ async def serve(studio: Any) -> None:
 
 
 @cli_main(PROG)  # the one error contract (chatspot_ros/cli/errors.py)
+@cli_main(PROG)
 def main(argv: Sequence[str] | None = None) -> int:
     ours, ros_args = split_ros_args(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(ours)
@@ -156,32 +157,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     from chatspot_ros.studio.server import Studio, StudioConfig
 
     try:
-        try:
-            limits = Limits(max_message_bytes=args.max_message_bytes)
-            config = StudioConfig(host=args.host, port=args.port, fps=args.fps, jpeg_quality=args.jpeg_quality,
-                                  keep_frames=args.keep_frames, limits=limits,
-                                  max_ws_message_bytes=10 * args.max_message_bytes,
-                                  max_upload_bytes=args.max_upload_bytes, rate=args.rate, max_pages=args.max_pages,
-                                  allowed_origins=tuple(args.allow_origin))
-            templates = load_templates(args.templates)
-        except (ValueError, FileNotFoundError) as err:
-            raise UsageError(str(err)) from None
-        counters = Counters()
-        backend = make_backend(args, ros_args, counters)
-        studio = Studio(backend, config, templates, counters=counters)
-        try:
-            asyncio.run(serve(studio))
-        except OSError as err:  # the port is taken, the address is not ours
-            backend.close()
-            raise UsageError(f"cannot serve on {args.host}:{args.port}: {err.strerror or err}; "
-                             "pick another --port") from None
-    except UsageError as err:
-        if args.verbose:
-            raise
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        pass
+        limits = Limits(max_message_bytes=args.max_message_bytes)
+        config = StudioConfig(host=args.host, port=args.port, fps=args.fps, jpeg_quality=args.jpeg_quality,
+                              keep_frames=args.keep_frames, limits=limits,
+                              max_ws_message_bytes=10 * args.max_message_bytes,
+                              max_upload_bytes=args.max_upload_bytes, rate=args.rate, max_pages=args.max_pages,
+                              allowed_origins=tuple(args.allow_origin))
+        templates = load_templates(args.templates)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    counters = Counters()
+    backend = make_backend(args, ros_args, counters)
+    studio = Studio(backend, config, templates, counters=counters)
+    try:
+        asyncio.run(serve(studio))
+    except OSError as err:  # the port is taken, the address is not ours
+        backend.close()
+        raise UsageError(f"cannot serve on {args.host}:{args.port}: {err.strerror or err}; "
+                         "pick another --port") from None
     return 0
 
 
