@@ -125,7 +125,7 @@ class ChatSpotRuntime:
             check_engine_dir(config.engine_dir, info.path)  # before minutes of loading, not after
         start = time.perf_counter()
         model, tokenizer, image_processor = load_model(info, config)
-        preprocess = ImagePreprocessor(image_processor, info.pad_to_square)
+        preprocess = ImagePreprocessor(image_processor, info.pad_to_square, settings=info.processor_config)
         backend = create_vision_backend(
             config.vision_backend,
             encoder=VisionEncoder.from_llava(model),

@@ -33,9 +33,10 @@ class ImagePreprocessor:
     reads a 3 x 3 x 3 or 4 x 4 x 3 frame (any frame 1, 3 or 4 pixels high) as channels first.
     """
 
-    def __init__(self, image_processor: object, pad_to_square: bool) -> None:
+    def __init__(self, image_processor: object, pad_to_square: bool, settings: dict | None = None) -> None:
         self.image_processor = image_processor
         self.pad_to_square = pad_to_square
+        self.settings = settings  # the saved processor settings (TensorPreprocessor is built from them)
         mean = getattr(image_processor, "image_mean", None)
         if pad_to_square and not mean:
             raise ValueError("pad-to-square needs the image processor's image_mean (the padding colour)")
@@ -140,9 +141,21 @@ class TorchVisionBackend(VisionBackend):
     name = "torch"
 
     def __init__(self, encoder: VisionEncoder, preprocess: ImagePreprocessor, device: torch.device,
-                 dtype: torch.dtype) -> None:
+                 dtype: torch.dtype, device_preprocess: bool | None = None) -> None:
         super().__init__(preprocess, device, dtype)
         self.encoder = encoder
+        # auto (None): preprocessing as tensor ops on CUDA (one upload of uint8 pixels, no PIL pass on the
+        # host); the CPU keeps HF's processor, whose pixels the float32 parity tests match exactly
+        use = device.type == "cuda" if device_preprocess is None else device_preprocess
+        self.tensor_preprocess = None
+        if use and preprocess.settings is not None:
+            self.tensor_preprocess = TensorPreprocessor(preprocess.settings, preprocess.pad_to_square,
+                                                        preprocess.background, device)
+
+    def encode(self, frames: Sequence[np.ndarray]) -> torch.Tensor:
+        if self.tensor_preprocess is None:
+            return super().encode(frames)
+        return self.run(self.tensor_preprocess(frames)).to(self.device, self.dtype)
 
     @torch.inference_mode()
     def run(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -150,3 +163,89 @@ class TorchVisionBackend(VisionBackend):
 
     def close(self) -> None:
         self.encoder = None  # type: ignore[assignment]
+
+
+_RESAMPLE_MODES = {2: "bilinear", 3: "bicubic"}  # PIL's BILINEAR / BICUBIC (CLIP's is bicubic)
+
+
+class TensorPreprocessor:
+    """The checkpoint's preprocessing as torch ops on the runtime's device (a GPU takes a frame as one
+    upload of uint8 pixels instead of a PIL pass on the host): pad-to-square with the mean colour,
+    resize (HF's output size: shortest edge or a fixed size; PIL's antialiased bicubic/bilinear, rounded
+    to uint8 as PIL does), center crop, rescale, normalize. Within 1/255 per pixel of the HF processor
+    for the stretch, center-crop and pad geometries (test_preprocessing.py). Built from the saved
+    processor settings, so no transformers class is involved.
+    """
+
+    def __init__(self, settings: dict, pad_to_square: bool, background: Sequence[int], device: torch.device) -> None:
+        self.device = device
+        self.pad_to_square = pad_to_square
+        self.background = torch.tensor(list(background), dtype=torch.float32, device=device)[:, None, None]
+        resample = int(settings.get("resample", 3))
+        if resample not in _RESAMPLE_MODES:
+            raise ValueError(f"resample {resample} has no tensor equivalent (supported: 2 bilinear, 3 bicubic)")
+        self.mode = _RESAMPLE_MODES[resample]
+        self.do_resize = bool(settings.get("do_resize", True))
+        size = settings.get("size", {})
+        self.shortest_edge = int(size) if isinstance(size, int) else size.get("shortest_edge")
+        self.fixed = None if self.shortest_edge is not None else (int(size["height"]), int(size["width"]))
+        crop = settings.get("crop_size")
+        self.crop = (int(crop["height"]), int(crop["width"])) if settings.get("do_center_crop") and crop else None
+        self.scale = float(settings.get("rescale_factor", 1 / 255)) if settings.get("do_rescale", True) else 1.0
+        self.normalize = bool(settings.get("do_normalize", True))
+        self.mean = torch.tensor(settings.get("image_mean", [0.0] * 3), dtype=torch.float32, device=device)[:, None, None]
+        self.std = torch.tensor(settings.get("image_std", [1.0] * 3), dtype=torch.float32, device=device)[:, None, None]
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """HF's resize target (get_resize_output_image_size with default_to_square=False)."""
+        if self.fixed is not None:
+            return self.fixed
+        short, long = (width, height) if width <= height else (height, width)
+        new_short, new_long = int(self.shortest_edge), int(int(self.shortest_edge) * long / short)
+        return (new_long, new_short) if width <= height else (new_short, new_long)
+
+    def _resize(self, x: torch.Tensor, target: tuple[int, int]) -> torch.Tensor:
+        """PIL's separable resize: one pass per axis, each rounded and clipped to uint8 (the clipping between
+        the passes matters where bicubic overshoots, on edges and noise), in the order PIL's output shows:
+        vertical first when the height shrinks by more than the width does, else horizontal first (found
+        by comparing both orders with PIL on the shapes of test_tensor_preprocessing.py, not read from
+        PIL's source)."""
+        def one_pass(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+            if tuple(t.shape[1:]) == size:
+                return t
+            return torch.nn.functional.interpolate(t[None], size=size, mode=self.mode, antialias=True,
+                                                   align_corners=False)[0].round().clamp(0, 255)
+
+        height, width = x.shape[1:]
+        if height > target[0] and height * target[1] > width * target[0]:  # h/H > w/W, and H < h
+            return one_pass(one_pass(x, (target[0], width)), target)
+        return one_pass(one_pass(x, (height, target[1])), target)
+
+    @torch.inference_mode()
+    def __call__(self, frames: Sequence[np.ndarray]) -> torch.Tensor:
+        """frames: B arrays (H, W, 3) uint8 RGB -> pixel_values (B, 3, S, S) float32 on the device."""
+        out = []
+        for frame in frames:
+            ImagePreprocessor.check_frame(frame)
+            x = torch.from_numpy(np.ascontiguousarray(frame)).to(self.device).permute(2, 0, 1).float()  # (3, H, W)
+            height, width = x.shape[1:]
+            if self.pad_to_square and height != width:
+                pad_x, pad_y, side = square_padding(width, height)
+                square = self.background.expand(3, side, side).clone()
+                square[:, pad_y:pad_y + height, pad_x:pad_x + width] = x
+                x, height, width = square, side, side
+            if self.do_resize:
+                target = self.output_size(height, width)
+                if target != (height, width):
+                    x = self._resize(x, target)
+            if self.crop is not None:
+                crop_h, crop_w = self.crop
+                top, left = (x.shape[1] - crop_h) // 2, (x.shape[2] - crop_w) // 2
+                if top < 0 or left < 0:
+                    raise ValueError(f"crop {self.crop} is larger than the resized frame {tuple(x.shape[1:])}")
+                x = x[:, top:top + crop_h, left:left + crop_w]
+            x = x * self.scale
+            if self.normalize:
+                x = (x - self.mean) / self.std
+            out.append(x)
+        return torch.stack(out)
