@@ -175,28 +175,39 @@ def tiny_model(cache_dir: Path) -> Path:
 
 
 class NodeLog:
-    """Relays the node's output line by line ("[node] ...") and counts its queue-full drops."""
+    """Relays the node's output line by line ("[node] ...") and counts the messages it did not answer, by reason
+    (its warnings: "detections at T dropped: queue full: ...", "detections at T: no frame: ...", "click ...")."""
 
-    DROP = re.compile(r"queue full", re.IGNORECASE)
+    UNANSWERED = re.compile(r"(detections at \S+?|click):? (?:(rejected|dropped|failed|ignored|refused)\b:? ?"
+                            r"([^:(]*)|(no frame))")
     MORE = re.compile(r"and (\d+) more like it")  # the node folds repeated warnings into one line
 
     def __init__(self, agent: subprocess.Popen) -> None:
-        self.drops = 0
+        self.reasons: dict[str, int] = {}
         self._thread = threading.Thread(target=self._relay, args=(agent,), daemon=True)
         self._thread.start()
 
     def _relay(self, agent: subprocess.Popen) -> None:
         assert agent.stdout is not None
         for line in agent.stdout:
-            if self.DROP.search(line):
+            match = self.UNANSWERED.search(line)
+            if match:
                 more = self.MORE.search(line)
-                self.drops += 1 + (int(more.group(1)) if more else 0)
-                if self.drops == 1:
+                reason = match.group(4) or f"{match.group(2)}: {match.group(3).strip()}".rstrip(": ")
+                self.reasons[reason] = self.reasons.get(reason, 0) + 1 + (int(more.group(1)) if more else 0)
+                if "queue full" in reason and self.reasons[reason] == 1:
                     print("[demo] (the node answers one detection message at a time; when the next arrives before "
                           "the model is done, it keeps the newest and drops an older one: 'queue full'. Expected "
                           "when the CPU is busy; the drops are counted below.)", flush=True)
             sys.stdout.write(f"[node] {line}")
             sys.stdout.flush()
+
+    @property
+    def drops(self) -> int:
+        return sum(self.reasons.values())
+
+    def summary(self) -> str:
+        return ", ".join(f"{reason}: {n}" for reason, n in sorted(self.reasons.items())) or "none"
 
     def join(self) -> None:
         self._thread.join(5.0)
@@ -299,9 +310,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"[demo] scene played: {scene.frames} frames, {scene.detection_messages} detection messages and "
               f"{scene.clicks} click sent; waiting for their answers (at most {args.answer_wait:g} s)")
         ended = wait_for_answers(scene, log, args.answer_wait)
-        print(f"[demo] scene: {scene.descriptions} description messages received, {log.drops} dropped by the node "
-              f"(queue full); waited until {ended}; {scene.correct} of {scene.checked} region descriptions "
-              f"name the right object")
+        print(f"[demo] scene: {scene.descriptions} description messages received, {log.drops} not answered by the "
+              f"node ({log.summary()}); waited until {ended}; {scene.correct} of {scene.checked} region "
+              f"descriptions name the right object")
         planner_status = run_planner(env, args.timeout, scene.scene)
         ok = planner_status == 0 and scene.descriptions > 0 and scene.checked > 0
         if not ok:

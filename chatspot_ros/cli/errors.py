@@ -127,9 +127,9 @@ def existing_path(path: str | Path, flag: str, *, kind: str = "any", hint: str =
     if not p.exists():
         raise UsageError(f"{flag} {path}: no such {'folder' if kind == 'dir' else 'file'}{tail}")
     if kind == "file" and p.is_dir():
-        raise UsageError(f"{flag} {path} is a folder; give a file{tail}")
+        raise UsageError(f"{flag} {path} is a folder; {hint or 'give a file'}")
     if kind == "dir" and not p.is_dir():
-        raise UsageError(f"{flag} {path} is a file; give a folder{tail}")
+        raise UsageError(f"{flag} {path} is a file; {hint or 'give a folder'}")
     return p
 
 

@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "config files)"))
 
     data = parser.add_argument_group("inputs (any subset)")
-    data.add_argument("--world", type=Path, help="a tabletop-world split folder (chatspot-world render): instances.json, "
+    data.add_argument("--world", type=Path, help="a tabletop-world split folder (chatspot-world render): "
+                      "instances.json, "
                       "images/, refs.jsonl, region_qa.jsonl, tasks.jsonl; classification with boxes and clicks")
     data.add_argument("--coco", type=Path, help="COCO instances JSON (region classification)")
     data.add_argument("--images", type=Path, help="the folder of the COCO images (default of the other folders)")

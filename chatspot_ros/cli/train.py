@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from chatspot_ros.cli.errors import UsageError, cli_main, existing_path, finish_parser
+from chatspot_ros.cli.threads import configure_threads
 from chatspot_ros.training.recipe import STAGES, TrainConfig
 
 # Help of the TrainConfig flags (their defaults come from TrainConfig and are shown by --help).
@@ -246,8 +247,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.plain and not args.preset:
         raise UsageError("--plain builds a fresh --preset without the wired route; it has no meaning with --base")
     setup = _setup_for(args.preset, args.base, args.model_seed, wired=not args.plain)  # checks --preset/--base first
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    configure_threads(config.threads or None)  # --threads 0: one per core (or CHATSPOT_THREADS), passive waits
     torch.manual_seed(config.seed)
     if args.world_seed is not None:
         mix = SampleMix(max_turns=args.max_turns).with_weights(args.mix)

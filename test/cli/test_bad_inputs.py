@@ -53,7 +53,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from chatspot_ros.world.annotations import write_split
 
     world = write_split(root / "world", 3, 1)
-    return {"root": root, "full": full, "world": world, "not_image": not_image, "bad_jsonl": bad_jsonl, "no_config": no_config,
+    return {"root": root, "full": full, "world": world, "not_image": not_image, "bad_jsonl": bad_jsonl,
+            "no_config": no_config,
             "truncated": truncated, "frame": frame}
 
 

@@ -29,7 +29,8 @@ EXCLUDED: list[tuple[str, str]] = [
      "test/cli/test_demo.py runs scripts/demo.py"),
     (r"^source scripts/env\.sh", "the suite already runs inside that environment"),
     (r"^(mkdir -p ~/ws|cd ~/ws|rosdep |colcon |pip install|ros2 )", "needs a ROS 2 install (no ros2cli here)"),
-    (r"python -m chatspot_ros\.agent(?! --help$)|^chatspot-agent", "starts the node, which runs until stopped (test/ros)"),
+    (r"python -m chatspot_ros\.agent(?! --help$)|^chatspot-agent",
+     "starts the node, which runs until stopped (test/ros)"),
     (r"--backend vllm|serve_vllm|setup_vllm|vllm", "needs a vLLM server (make test-vllm)"),
     (r"gpu_check|gpu_plain_recipe|--device cuda|llava7b", "needs a GPU"),
     (r"^(chatspot-bench|python -m chatspot_ros\.cli\.bench)|bench_(node|eval|threads|train)\.py",
@@ -38,7 +39,8 @@ EXCLUDED: list[tuple[str, str]] = [
     (r"^chatspot-train (run|export)\b", "training: minutes to hours (test/training runs a smoke run)"),
     (r"eval_splits\.sh|--split |--frames (100|300)\b.*val100|chatspot-bench-tiny",
      "evaluation on full splits or on a bench-built model: minutes"),
-    (r"\b(MODEL|DIR|OUT)\b(?!_DIR)|(?<!chatspot_ros)/models/|/path/to|instances_val2017|cocotext|refcoco|pointqa|vizwiz|dino",
+    (r"\b(MODEL|DIR|OUT)\b(?!_DIR)|(?<!chatspot_ros)/models/|/path/to"
+     r"|instances_val2017|cocotext|refcoco|pointqa|vizwiz|dino",
      "a placeholder or a dataset the user downloads"),
     (r"^python - ", "converts a dataset the user downloads (heredoc)"),
     (r"splits_table", "reads the results of the split evaluations (eval_splits.sh: minutes)"),
@@ -135,6 +137,7 @@ def test_doc_commands_run(doc: str, commands: list[str], tmp_path: Path) -> None
         for pattern, replacement in REWRITES:
             run = re.sub(pattern, replacement, run)
         done = subprocess.run(run, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, f"{doc}: `{command}` (run as `{run}`) exited {done.returncode}:\n{done.stderr[-3000:]}"
+        assert done.returncode == 0, (f"{doc}: `{command}` (run as `{run}`) exited {done.returncode}:\n"
+                                      f"{done.stderr[-3000:]}")
         if run.startswith("chatspot-ask --model chatspot_ros/models/tabletop") and "34,92,78,136" in run:
             assert "-> An orange ball." in done.stdout, done.stdout  # the README's promised answer
