@@ -50,7 +50,8 @@ def test_every_flag_has_help_and_shows_its_default(prog: str, monkeypatch: pytes
             flag = f"{name} {action.option_strings[-1]}"
             if not (action.help or "").strip():
                 missing.append(flag)
-            elif action.default not in (None, False, [], argparse.SUPPRESS) and action.required is False:
+            elif (action.default is not None and action.default is not False and action.default != []
+                  and action.default != argparse.SUPPRESS and not action.required):
                 shown = formatter._get_help_string(action)
                 if "default" not in shown.lower():
                     no_default.append(flag)
@@ -73,3 +74,4 @@ def test_train_help_documents_the_smoke_preset() -> None:
 
     text = " ".join(_parser()._subparsers._group_actions[0].choices["run"].format_help().split())
     assert "smoke" in text and "default: 1000" in text  # --steps shows TrainConfig's default
+    assert "--threads THREADS torch CPU threads (0: one per core) (default: 0)" in text  # a 0 default is shown
