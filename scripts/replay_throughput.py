@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Throughput of chatspot-replay against the live node, side by side on one machine (docs/replay.md).
 
-    bash scripts/run_in_env.sh python scripts/replay_throughput.py [--frames 30] [--rounds 2] [--play-rate 3] [--model DIR]
+    bash scripts/run_in_env.sh python scripts/replay_throughput.py [--frames 30] [--rounds 2] [--play-rate 6] [--model DIR]
 
 One world recording (seed 1000, raw 320x240 frames, 1-5 detections each) is answered, in turns:
 
@@ -9,7 +9,7 @@ One world recording (seed 1000, raw 320x240 frames, 1-5 detections each) is answ
           its replay loop (summary.json; model loading excluded);
   live    the chatspot_agent node (its own process; reliable image QoS, queues and buffers as deep
           as the recording, queues.max_pending_detections 1000, so that no message is dropped),
-          fed by chatspot-replay BAG --play --rate R (default 3: 6 frames/s, more than it answers
+          fed by chatspot-replay BAG --play --rate R (default 6: 12 frames/s, more than it answers
           on 2 CPUs): answered frames and regions per second between its first and last
           region_descriptions message (so neither start-up counts). A burst of the whole
           recording at once (--play-rate 100: 7 MB of 230 kB frames, reliable) gave 0.15 frames/s
@@ -20,7 +20,9 @@ The last column is the mean wall time of one model call (image decode to last to
 replay's from answers.jsonl, the node's from its /diagnostics (latency status, total.mean_ms).
 Both use the node's parameters (config/agent.yaml) and the same model (default: the shipped demo
 model); nobody subscribes to debug/image, so neither draws. Each round runs both, so a load change
-on a shared machine hits both sides alike; the table gives every round.
+on a shared machine hits both sides alike; the table gives every round. The CLI tools set
+OMP_WAIT_POLICY=PASSIVE (chatspot_ros/cli/threads.py), the node does not: run this script with
+OMP_WAIT_POLICY=PASSIVE in the environment for the same setting on both sides (docs/replay.md).
 """
 from __future__ import annotations
 
@@ -118,7 +120,7 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=30, help="frames in the recording")
     parser.add_argument("--rounds", type=int, default=2, help="replay/live pairs")
     parser.add_argument("--model", default="", help="checkpoint folder (default: the shipped demo model)")
-    parser.add_argument("--play-rate", type=float, default=3.0,
+    parser.add_argument("--play-rate", type=float, default=6.0,
                         help="--play speed factor for the live side (the recording has 2 frames/s)")
     args = parser.parse_args()
     from chatspot_ros.world.bag import write_world_bag
