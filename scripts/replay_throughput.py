@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Throughput of chatspot-replay against the live node, side by side on one machine (docs/replay.md).
 
-    bash scripts/run_in_env.sh python scripts/replay_throughput.py [--frames 30] [--rounds 2] [--play-rate 6] [--model DIR]
+    bash scripts/run_in_env.sh python scripts/replay_throughput.py [--frames 30] [--rounds 2]
+        [--play-rate 6] [--model DIR]
 
 One world recording (seed 1000, raw 320x240 frames, 1-5 detections each) is answered, in turns:
 
@@ -89,7 +90,8 @@ def live(bag: Path, frames: int, model: str, log: Path, rate: float) -> tuple[fl
         end = time.monotonic() + 120
         while node.count_publishers(f"{NAMESPACE}/region_descriptions") == 0 and time.monotonic() < end:
             executor.spin_once(timeout_sec=0.1)
-        play = subprocess.Popen([sys.executable, "-m", "chatspot_ros.cli.replay", str(bag), "--play", "--rate", str(rate),
+        play = subprocess.Popen([sys.executable, "-m", "chatspot_ros.cli.replay", str(bag), "--play",
+                                 "--rate", str(rate),
                                  "--target-namespace", NAMESPACE], cwd=REPO, stdout=subprocess.DEVNULL)
         quiet_until = time.monotonic() + 120
         while len(got) < frames and time.monotonic() < quiet_until:

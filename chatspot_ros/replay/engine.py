@@ -251,13 +251,14 @@ class Replayer:
         self.model_calls += 1
         key, stamp_ns = self._request_of(d)
         frame = d.frame
-        rows = [_row(key, stamp_ns, frame.stamp_ns, item.instruction.regions[0], item.label, "describe", item.instruction.text,
-                     item.text, d.elapsed_s, "") for item in d.items]
+        rows = [_row(key, stamp_ns, frame.stamp_ns, item.instruction.regions[0], item.label, "describe",
+                     item.instruction.text, item.text, d.elapsed_s, "") for item in d.items]
         for s in group.suggestions:
-            rows.append(_row(key, stamp_ns, frame.stamp_ns, s.region, "", "suggest", self._suggest_text(s, frame), s.text,
-                             d.elapsed_s, s.task))
+            rows.append(_row(key, stamp_ns, frame.stamp_ns, s.region, "", "suggest", self._suggest_text(s, frame),
+                             s.text, d.elapsed_s, s.task))
+        source = "clicked_point" if key.startswith("click") else "detections"
         for index, row in enumerate(rows):
-            row.update(index=index, count=len(rows), source="clicked_point" if key.startswith("click") else "detections")
+            row.update(index=index, count=len(rows), source=source)
         self.log.write(rows)
         self._write_outputs(frame, d.elapsed_s, rows, group.annotations.items if group.annotations else ())
 
@@ -318,8 +319,8 @@ class Replayer:
             self.bag.write(self.out_topics["debug_image"], T.IMAGE, t, rgb_image(ts, canvas, stamp, frame_id))
 
 
-def _row(key: str, stamp_ns: int, frame_stamp_ns: int, region: Any, label: str, role: str, instruction: str, answer: str,
-         elapsed_s: float, task: str) -> dict:
+def _row(key: str, stamp_ns: int, frame_stamp_ns: int, region: Any, label: str, role: str, instruction: str,
+         answer: str, elapsed_s: float, task: str) -> dict:
     return {"request": key, "stamp": format_ns(stamp_ns), "stamp_ns": stamp_ns, "frame_stamp_ns": frame_stamp_ns,
             "detection_id": region.id, "label": label, "role": role,
             "region_kind": region.kind.name.lower(), "region": [list(p) for p in region.points],

@@ -10,7 +10,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from chatspot_ros.replay import types as T
-from chatspot_ros.referring import ReferringInstruction, parse_steps
+from chatspot_ros.referring import parse_steps
 from chatspot_ros.referring.regions import Region
 
 # The node's output topics (docs/node.md), resolved in the replay's namespace.
@@ -31,17 +31,6 @@ def region_msg(ts: Any, region: Region) -> Any:
     return ts.types["chatspot_ros/msg/Region"](type=int(region.kind.value),
                                               points=[p32(x=float(x), y=float(y), z=0.0) for x, y in region.points],
                                               id=region.id)
-
-
-def region_descriptions(ts: Any, stamp_ns: int, frame_id: str, elapsed_s: float, model: str,
-                        items: Sequence[tuple[str, ReferringInstruction, str]]) -> Any:
-    """chatspot_ros/RegionDescriptionArray of (label, instruction, answer), as the node publishes it."""
-    desc = ts.types["chatspot_ros/msg/RegionDescription"]
-    return ts.types[T.REGION_DESCRIPTIONS](
-        header=_header(ts, stamp_ns, frame_id),
-        descriptions=[desc(region=region_msg(ts, ins.regions[0]), label=label, instruction=ins.text, text=text)
-                      for label, ins, text in items],
-        inference_time_s=float(elapsed_s), model=model)
 
 
 def action_suggestion(ts: Any, stamp_ns: int, frame_id: str, region: Region, task: str, text: str) -> Any:

@@ -89,13 +89,15 @@ def test_window_and_max_frames(world_bags: dict[str, Path], tmp_path: Path, caps
     assert replay([str(world_bags["mcap"]), "--out", str(tmp_path / "a"), "--max-frames", "1"], capsys)[0] == 0
     assert summary(tmp_path / "a")["frames"]["read"] == 1 and summary(tmp_path / "a")["detections"]["answered"] == 1
     # from 0.4 s on: frames 1 and 2 (stamped 0.5 s and 1.0 s after the first)
-    assert replay([str(world_bags["mcap"]), "--out", str(tmp_path / "b"), "--start", "0.4", "--end", "1.2"], capsys)[0] == 0
+    argv = [str(world_bags["mcap"]), "--out", str(tmp_path / "b"), "--start", "0.4", "--end", "1.2"]
+    assert replay(argv, capsys)[0] == 0
     assert sorted({r["stamp"] for r in answers(tmp_path / "b")}) == ["1700000000.500000000", "1700000001.000000000"]
 
 
 def test_the_replay_imports_no_rclpy(world_bags: dict[str, Path], tmp_path: Path) -> None:
+    argv = [str(world_bags["mcap"]), "--out", str(tmp_path / "o"), "--quiet", "--max-frames", "1"]
     code = ("import sys; from chatspot_ros.cli.replay import main; "
-            f"rc = main([{str(world_bags['mcap'])!r}, '--out', {str(tmp_path / 'o')!r}, '--quiet', '--max-frames', '1']); "
+            f"rc = main({argv!r}); "
             "assert 'rclpy' not in sys.modules, 'rclpy imported'; sys.exit(rc)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -104,8 +106,8 @@ def test_the_replay_imports_no_rclpy(world_bags: dict[str, Path], tmp_path: Path
 def test_a_ros1_bag_gives_the_answers_of_its_rosbag2_original(world_bags: dict[str, Path], tmp_path: Path,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     ros1 = tmp_path / "world.bag"
-    proc = subprocess.run([sys.executable, "-m", "rosbags.convert", "--src", str(world_bags["mcap"]), "--dst", str(ros1)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "rosbags.convert", "--src", str(world_bags["mcap"]),
+                           "--dst", str(ros1)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert replay([str(ros1), "--out", str(tmp_path / "ros1")], capsys)[0] == 0
     assert replay([str(world_bags["mcap"]), "--out", str(tmp_path / "ros2")], capsys)[0] == 0
