@@ -116,3 +116,36 @@ def test_a_ros1_bag_gives_the_answers_of_its_rosbag2_original(world_bags: dict[s
         conn = next(c for c in reader.connections if c.topic == "/image")
         image = reader.deserialize(next(reader.messages([conn]))[2], conn.msgtype)
         assert not hasattr(image.header, "seq") and image.encoding == "rgb8"
+
+
+def test_clicks_and_a_task_give_descriptions_and_action_suggestions(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from chatspot_ros.world import render, sample_scene
+    from chatspot_ros.world.bag import T0_NS, BagMessage, image_message, scene_detections, write_bag
+
+    ts = typestore()
+    scene = sample_scene(1000, 0)
+    _, image = image_message(ts, render(scene), T0_NS)
+    header = ts.types["std_msgs/msg/Header"](stamp=image.header.stamp, frame_id="camera_optical")
+    cx, cy = scene.objects[0].center
+    point, stamped = ts.types["geometry_msgs/msg/Point"], ts.types["geometry_msgs/msg/PointStamped"]
+    click = stamped(header=header, point=point(x=cx, y=cy, z=0.0))
+    outside = stamped(header=header, point=point(x=5000.0, y=1.0, z=0.0))  # outside the image: refused, counted
+    task = f"pick up the {scene.objects[0].category}"
+    bag = write_bag(tmp_path / "bag", [
+        BagMessage("/task", "std_msgs/msg/String", T0_NS - 1, ts.types["std_msgs/msg/String"](data=task)),
+        BagMessage("/image", "sensor_msgs/msg/Image", T0_NS, image),
+        BagMessage("/detections", "vision_msgs/msg/Detection2DArray", T0_NS + 1, scene_detections(ts, scene, T0_NS)),
+        BagMessage("/clicked_point", "geometry_msgs/msg/PointStamped", T0_NS + 2, click),
+        BagMessage("/clicked_point", "geometry_msgs/msg/PointStamped", T0_NS + 3, outside)])
+    assert replay([str(bag), "--out", str(tmp_path / "out")], capsys)[0] == 0
+    rows = answers(tmp_path / "out")
+    s = summary(tmp_path / "out")
+    assert s["clicks"]["received"] == 2 and s["clicks"]["answered"] == 1 and s["clicks"]["rejected"] == 1
+    suggest = [r for r in rows if r["role"] == "suggest"]
+    assert len(suggest) == 2 and all(r["task"] == task and r["answer"] and r["instruction"] for r in suggest)
+    clicked = [r for r in rows if r["source"] == "clicked_point"]
+    assert [r["role"] for r in clicked] == ["describe", "suggest"] and clicked[0]["region_kind"] == "point"
+    with AnyReader([tmp_path / "out" / "recording"]) as reader:
+        counts = {c.topic: c.msgcount for c in reader.connections}
+    assert counts["/action_suggestions"] == 2 and counts["/region_descriptions"] == 2 and counts["/task"] == 1
