@@ -33,7 +33,7 @@ test-vllm: setup setup-vllm
 # the first time), and the runtime, generation and parity tests run again under it, from the source tree.
 COMPAT_TESTS = test/runtime/test_compat.py test/runtime/test_parity.py test/runtime/test_generation.py \
 	test/runtime/test_static_decoder.py test/runtime/test_fidelity.py test/runtime/test_preprocessing.py \
-	test/runtime/test_tensor_preprocessing.py test/runtime/test_decode_step.py
+	test/runtime/test_tensor_preprocessing.py
 setup-compat:
 	@nice -n 10 bash scripts/setup_compat.sh
 

@@ -70,6 +70,7 @@ class BenchRow:
     rows_diverged: int = 0
     max_logit_diff: float = 0.0
     max_logit_diff_eps: float = 0.0  # in the rule's units (dtype eps x largest reference logit)
+    compile_warmup_s: float | None = None  # the runtime's decode-step compile at load (None: not compiled)
     # --backend vllm: the served engine on the same frames and prompts (None without it)
     vllm_ms: float | None = None
     vllm_speedup: float | None = None
@@ -413,6 +414,8 @@ def bench_one(chatspot: Any, processor: Any, frame: np.ndarray, k: int, args: ar
         prefix_tokens=prefix, suffix_tokens=round(suffix, 1), generated_tokens=round(generated, 1),
         naive_vision_ms=round(statistics.median(naive_vision), 2),
         **_fidelity_fields(fidelity),
+        compile_warmup_s=None if runtime.decoder is None or runtime.decoder.warmup_s is None
+        else round(runtime.decoder.warmup_s, 1),
         **({} if remote is None else dict(
             vllm_ms=round(statistics.median(vllm_times), 2),
             vllm_speedup=round(naive_med / statistics.median(vllm_times), 2),

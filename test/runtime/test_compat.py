@@ -74,3 +74,25 @@ def test_image_processor_from_saved_settings_matches_auto(tiny_model_dir, monkey
         a = reference(images=[frame], return_tensors="pt", input_data_format="channels_last")["pixel_values"]
         b = built(images=[frame], return_tensors="pt", input_data_format="channels_last")["pixel_values"]
         assert (a - b).abs().max().item() == 0.0
+
+
+def test_the_public_cache_path_equals_the_owned_prefill(monkeypatch) -> None:
+    """Models the static decoder does not support prefill through the model's forward and a public
+    DynamicCache; its per-layer keys/values equal the runtime's own prefill on a supported model."""
+    import torch
+    from test_static_decoder import _case
+
+    from chatspot_ros.runtime import static_decoder
+    from chatspot_ros.runtime.generation import prefill_prefix
+
+    lm, kv, *_ = _case("llama", 4, 2, 8)
+    prefix_ids = torch.tensor([[1, 10, 11] + [5] * 6])
+    features = torch.randn(1, 6, 32, generator=torch.Generator().manual_seed(1))
+    owned = prefill_prefix(lm, prefix_ids, features)
+    monkeypatch.setattr(static_decoder, "unsupported", lambda lm: "pretend")
+    public = prefill_prefix(lm, prefix_ids, features)
+    assert len(owned) == len(public) == lm.text_config.num_hidden_layers
+    for (k1, v1), (k2, v2) in zip(owned, public):
+        assert k1.shape == k2.shape == (1, 2, 9, 8)
+        torch.testing.assert_close(k1, k2, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(v1, v2, rtol=1e-5, atol=1e-5)
