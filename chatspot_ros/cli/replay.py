@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--matcher", default="exact",
                         help="how answers are matched to the labelled class for the accuracy: exact or clip:DIR "
                              "(the evaluation suite's matchers)")
+    parser.add_argument("--coco", default="", metavar="JSON",
+                        help="COCO instances with the ground truth of the recorded frames (images found by a "
+                             "'stamp_ns' field, else in the order of the recording's frames): the summary also "
+                             "gives how often a description names the class of the box it is about")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--verbose", action="store_true", help="tracebacks and INFO logs")
     model = parser.add_argument_group("model (default: the node's model.* parameters; the shipped demo model)")
@@ -226,6 +230,56 @@ def accuracy(answers_file: Path, matcher_spec: str) -> Optional[dict[str, Any]]:
             "correct": correct, "rate": correct / len(rows), "categories": len(categories)}
 
 
+def accuracy_coco(answers_file: Path, coco_file: Path, image_stamps: list[int], matcher_spec: str,
+                  tolerance_ns: int) -> dict[str, Any]:
+    """As :func:`accuracy`, with the class of the COCO annotation that overlaps a described box most
+    (IoU >= 0.5) in its frame as the label; descriptions without one are counted as unlabelled."""
+    from chatspot_ros.evaluation.boxes import box_iou, xywh_to_xyxy
+    from chatspot_ros.evaluation.matching import Category, make_matcher
+    from chatspot_ros.replay.outputs import read_answers
+
+    try:
+        coco = json.loads(coco_file.read_text(encoding="utf-8"))
+        categories = [Category(int(c["id"]), str(c["name"])) for c in coco["categories"]]
+        images = sorted(coco["images"], key=lambda im: int(im["id"]))
+        boxes: dict[int, list[tuple[Any, int]]] = {}
+        for ann in coco["annotations"]:
+            boxes.setdefault(int(ann["image_id"]), []).append((xywh_to_xyxy(ann["bbox"]), int(ann["category_id"])))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UsageError(f"--coco {coco_file}: not a COCO instances file ({type(err).__name__}: {err})") from None
+    by_stamp = {int(im["stamp_ns"]): int(im["id"]) for im in images if "stamp_ns" in im}
+    by_order = {stamp: int(im["id"]) for stamp, im in zip(image_stamps, images)}
+
+    def image_of(stamp: int) -> Optional[int]:
+        if by_stamp:
+            near = min(by_stamp, key=lambda s: abs(s - stamp))
+            return by_stamp[near] if abs(near - stamp) <= tolerance_ns else None
+        return by_order.get(stamp)
+
+    done, _ = read_answers(answers_file)
+    labelled, unlabelled = [], 0
+    for row in (r for group in done.values() for r in group if r["role"] == "describe"):
+        points = row.get("region") or []
+        image = image_of(int(row["frame_stamp_ns"]))
+        candidates = boxes.get(image, []) if image is not None and len(points) >= 2 else []
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        scored = [(box_iou((min(xs), min(ys), max(xs), max(ys)), box), cat) for box, cat in candidates]
+        best = max(scored, default=(0.0, None))
+        if best[0] >= 0.5:
+            labelled.append((row["answer"], best[1]))
+        else:
+            unlabelled += 1
+    try:
+        matcher = make_matcher(matcher_spec, categories)
+    except (ValueError, FileNotFoundError) as err:
+        raise UsageError(f"--matcher: {err}") from None
+    predicted = matcher.match([a for a, _ in labelled]) if labelled else []
+    correct = sum(1 for (_, truth), p in zip(labelled, predicted) if p == truth)
+    return {"source": f"COCO ground truth {coco_file}", "matcher": matcher.name, "labelled": len(labelled),
+            "correct": correct, "rate": correct / len(labelled) if labelled else None, "unlabelled": unlabelled,
+            "categories": len(categories)}
+
+
 # -- main ----------------------------------------------------------------------------------------
 
 
@@ -239,6 +293,8 @@ def replay(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         raise UsageError("--out is required (or --play to publish the recording)")
     if args.max_frames < 0:
         raise UsageError("--max-frames must be >= 0")
+    if args.coco and not Path(args.coco).is_file():
+        raise UsageError(f"--coco {args.coco} does not exist")
     config = load_config(args, parser)
     topics = rec.parse_topic_mapping(args.topics, rec.default_topics(config, args.namespace), args.namespace)
     reader = rec.open_reader(args.bag)
@@ -325,6 +381,8 @@ def make_summary(args: argparse.Namespace, out: Path, replayer: Any, read: Any, 
                     "read_error": read.read_error, "written": written},
         "answers": rows,
         "accuracy": accuracy(out / "answers.jsonl", args.matcher),
+        "accuracy_coco": accuracy_coco(out / "answers.jsonl", Path(args.coco), replayer.image_stamps, args.matcher,
+                                       replayer.config.match_tolerance_ns) if args.coco else None,
         "throughput": {"wall_s": round(wall_s, 3), "model_calls": replayer.model_calls,
                        "resumed_requests": replayer.resumed["requests"],
                        "frames_per_s": round(answered / wall_s, 3) if wall_s > 0 else 0.0,

@@ -99,6 +99,7 @@ class Replayer:
         self.camera_rejected = 0
         self.model_calls = 0
         self.resumed = {"requests": 0, "regions": 0}
+        self.image_stamps: list[int] = []  # every accepted frame's stamp, in recording order (--coco)
         self._frames: OrderedDict[int, Any] = OrderedDict()  # recent frames by stamp (resumed debug images)
         self._open: list[_Open] = []
         self._open_clicks: list[str] = []
@@ -168,6 +169,7 @@ class Replayer:
     def _push(self, make: Callable[[Any], Any]) -> None:
         def made(config: Any) -> Any:
             frame = make(config)
+            self.image_stamps.append(frame.stamp_ns)
             self._frames[frame.stamp_ns] = frame
             while len(self._frames) > 2 * config.frames_buffer_size:
                 self._frames.popitem(last=False)

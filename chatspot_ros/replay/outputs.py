@@ -145,12 +145,13 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         lines += [f"## {section}", "", "| count | value |", "|---|---|"]
         lines += [f"| {k} | {json.dumps(v) if isinstance(v, (dict, list)) else v} |" for k, v in values.items()]
         lines.append("")
-    acc: Optional[dict[str, Any]] = summary.get("accuracy")
-    if acc:
-        rate = f"{acc['rate']:.3f}" if acc.get("rate") is not None else "n/a"
-        lines += ["## accuracy", "",
-                  f"Answers that name the detection's labelled class ({acc['source']}, matcher `{acc['matcher']}`): "
-                  f"{acc['correct']} of {acc['labelled']} = {rate}.", ""]
+    for key in ("accuracy", "accuracy_coco"):
+        acc: Optional[dict[str, Any]] = summary.get(key)
+        if acc:
+            rate = f"{acc['rate']:.3f}" if acc.get("rate") is not None else "n/a"
+            lines += [f"## {key.replace('_', ' ')}", "",
+                      f"Answers that name the region's labelled class ({acc['source']}, matcher `{acc['matcher']}`): "
+                      f"{acc['correct']} of {acc['labelled']} = {rate}.", ""]
     t = summary.get("throughput") or {}
     if t:
         lines += ["## throughput", "", f"{t['frames_per_s']:.2f} answered frames/s, {t['regions_per_s']:.2f} "

@@ -9,6 +9,7 @@ drawn from ``default_rng([s, i, 3])``.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,7 +149,8 @@ def write_bag(out: str | Path, messages: Iterable[BagMessage], storage: str = "m
 
 def write_world_bag(out: str | Path, seed: int, frames: int, *, storage: str = "mcap", start: int = 0,
                     rate_hz: float = 2.0, image_format: str = "raw") -> list[Path]:
-    """The world recording in ``out`` (one storage), or ``out/sqlite3`` and ``out/mcap`` ("both")."""
+    """The world recording in ``out`` (one storage), or ``out/sqlite3`` and ``out/mcap`` ("both"),
+    and its ground truth ``out/instances.json`` (COCO; each image also has its ``stamp_ns``)."""
     out = Path(out)
     storages = STORAGES if storage == "both" else (storage,)
     written = []
@@ -156,7 +158,24 @@ def write_world_bag(out: str | Path, seed: int, frames: int, *, storage: str = "
         target = out / name if storage == "both" else out
         written.append(write_bag(target, world_messages(seed, frames, start=start, rate_hz=rate_hz,
                                                         image_format=image_format), name))
+    (out / "instances.json").write_text(json.dumps(world_coco(seed, frames, start=start, rate_hz=rate_hz)) + "\n")
     return written
+
+
+def world_coco(seed: int, frames: int, *, start: int = 0, rate_hz: float = 2.0) -> dict[str, Any]:
+    """COCO instances of the recorded frames (the world's annotations, docs/world.md), with the
+    stamp of each image, so that ``chatspot-replay --coco`` finds an image by its stamp."""
+    from chatspot_ros.world.annotations import coco_categories, scene_annotations
+
+    period_ns = int(round(1e9 / rate_hz))
+    images, annotations = [], []
+    for i in range(start, start + frames):
+        scene = sample_scene(seed, i)
+        images.append({"id": i + 1, "file_name": f"{i:06d}.png", "width": scene.size[0], "height": scene.size[1],
+                       "stamp_ns": T0_NS + (i - start) * period_ns})
+        annotations += scene_annotations(scene, i + 1, first_ann_id=1 + len(annotations))[0]
+    return {"info": {"description": "chatspot_ros tabletop world as a recording", "seed": seed, "start": start,
+                     "frames": frames}, "images": images, "annotations": annotations, "categories": coco_categories()}
 
 
 # ------------------------------------------------------------------------------------------------

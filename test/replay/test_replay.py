@@ -149,3 +149,16 @@ def test_clicks_and_a_task_give_descriptions_and_action_suggestions(tmp_path: Pa
     with AnyReader([tmp_path / "out" / "recording"]) as reader:
         counts = {c.topic: c.msgcount for c in reader.connections}
     assert counts["/action_suggestions"] == 2 and counts["/region_descriptions"] == 2 and counts["/task"] == 1
+
+
+def test_coco_ground_truth_gives_the_same_accuracy_as_the_world_hypotheses(
+        world_bags: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    coco = world_bags["mcap"].parent / "instances.json"  # written beside the bags by chatspot-world bag
+    assert replay([str(world_bags["mcap"]), "--out", str(tmp_path / "a"), "--coco", str(coco)], capsys)[0] == 0
+    s = summary(tmp_path / "a")
+    by_gt, by_hyp = s["accuracy_coco"], s["accuracy"]
+    assert by_gt["labelled"] == by_hyp["labelled"] == s["regions"]["answered"] and by_gt["unlabelled"] == 0
+    assert by_gt["correct"] == by_hyp["correct"]  # the world's first hypothesis is its ground truth
+    code, _, err = replay([str(world_bags["mcap"]), "--out", str(tmp_path / "b"), "--coco", str(tmp_path / "no.json")],
+                          capsys)
+    assert code == 2 and "--coco" in err
