@@ -21,9 +21,9 @@ The last column is the mean wall time of one model call (image decode to last to
 replay's from answers.jsonl, the node's from its /diagnostics (latency status, total.mean_ms).
 Both use the node's parameters (config/agent.yaml) and the same model (default: the shipped demo
 model); nobody subscribes to debug/image, so neither draws. Each round runs both, so a load change
-on a shared machine hits both sides alike; the table gives every round. The CLI tools set
-OMP_WAIT_POLICY=PASSIVE (chatspot_ros/cli/threads.py), the node does not: run this script with
-OMP_WAIT_POLICY=PASSIVE in the environment for the same setting on both sides (docs/replay.md).
+on a shared machine hits both sides alike; the table gives every round. The CLI tools and the
+node's entry point both set OMP_WAIT_POLICY=PASSIVE (chatspot_ros/cli/threads.py) unless the
+environment gives one; the table of docs/replay.md was measured with it set explicitly.
 """
 from __future__ import annotations
 

@@ -27,6 +27,7 @@ try:  # rclpy >= Humble; older ones install their own SIGINT handler (the contex
 except ImportError:  # pragma: no cover - depends on the install
     SignalHandlerOptions = None  # type: ignore[assignment,misc]
 
+from chatspot_ros.cli.threads import prepare_environment
 from chatspot_ros.ros.allocator import tune_allocator
 from chatspot_ros.ros.node import NODE_NAME, ChatSpotAgentNode
 from chatspot_ros.service.config import PARAMETERS, ParamSpec
@@ -117,6 +118,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if wants_help(args):
         sys.stdout.write(usage())
         return 0
+    # Before torch is imported (on configure): OpenMP threads sleep while they wait, so a busy
+    # machine slows the node in proportion (on the shared 2-core machine the spinning default
+    # answered about 10x slower than with PASSIVE: docs/replay.md's throughput comparison).
+    prepare_environment()
     tune_allocator()  # decoded frames reuse heap memory instead of page-faulting (ros/allocator.py)
     # `kill -USR1 <pid>` prints every thread's Python stack to stderr: where a stuck node waits.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
