@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     parser.add_argument("--frame-size", default="640x480", help="WxH of the synthetic camera frame")
     parser.add_argument("--json", action="store_true", help="one JSON object per config")
+    parser.add_argument("--clock", choices=tuple(_CLOCKS), default="wall",
+                        help="naive/runtime columns in wall time, or in this process's CPU time (with --threads 1, "
+                             "a ratio that other jobs on a shared machine barely move; CPU device only)")
     parser.add_argument("--decoders", nargs="+", choices=DECODER_VARIANTS, default=None,
                         help="instead of naive vs runtime: the runtime's decode loops side by side on the same "
                              "frame and prompts (dynamic = the first loop; static; static+compile = torch.compile)")
@@ -115,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_backend_arguments(parser.add_argument_group("vllm (--backend vllm adds the served engine as a third column)"))
     parser.set_defaults(server_concurrency=16, server_timeout=300.0)  # all K regions of a frame in flight at once
     return finish_parser(parser)
+
+
+_CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+_now = time.perf_counter  # --clock: what the naive and runtime columns measure
 
 
 def _sync(device: torch.device) -> None:
@@ -255,21 +262,21 @@ def run_naive(chatspot: Any, processor: Any, frame: np.ndarray, prompts: Sequenc
     eos = runtime.lm.eos_token_ids
     outputs, prep_ms = [], 0.0
     _sync(device)
-    start = time.perf_counter()
+    start = _now()
     for prompt in prompts:
-        t0 = time.perf_counter()
+        t0 = _now()
         image = runtime.preprocess.expand_to_square(frame) if runtime.preprocess.pad_to_square else frame
         inputs = processor(images=[image], text=[prompt], return_tensors="pt",
                            input_data_format=CHANNELS_LAST).to(device)
         inputs["pixel_values"] = inputs["pixel_values"].to(runtime.dtype)
-        prep_ms += (time.perf_counter() - t0) * 1e3
+        prep_ms += (_now() - t0) * 1e3
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         new = out[0, inputs["input_ids"].shape[1]:].tolist()
         if new and new[-1] in eos:
             new = new[:-1]
         outputs.append(new)
     _sync(device)
-    return outputs, (time.perf_counter() - start) * 1e3, prep_ms
+    return outputs, (_now() - start) * 1e3, prep_ms
 
 
 def run_runtime(chatspot: Any, frame: np.ndarray, prompts: Sequence[str], max_new_tokens: int) -> tuple[list[Any], float, float]:
@@ -277,11 +284,11 @@ def run_runtime(chatspot: Any, frame: np.ndarray, prompts: Sequence[str], max_ne
 
     runtime = chatspot.runtime
     _sync(runtime.device)
-    start = time.perf_counter()
+    start = _now()
     features = runtime.encode(frame)  # no key: encoded afresh, as for a new camera frame
     generations = runtime.generate(features, prompts, GenerationConfig(max_new_tokens=max_new_tokens))
     _sync(runtime.device)
-    return generations, (time.perf_counter() - start) * 1e3, features.vision_ms
+    return generations, (_now() - start) * 1e3, features.vision_ms
 
 
 @torch.inference_mode()
@@ -514,6 +521,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     hf_logging.disable_progress_bar()
     if args.device == "cpu":
         torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    global _now
+    _now = _CLOCKS[args.clock]
+    if args.clock == "cpu" and args.device != "cpu":
+        print("chatspot-bench: error: --clock cpu measures host CPU time; use it with --device cpu", file=sys.stderr)
+        return 2
     if any(k < 1 for k in args.k) or args.repeats < 1:
         print("chatspot-bench: error: --k values and --repeats must be >= 1", file=sys.stderr)
         return 2
@@ -570,7 +582,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"# {model_name}, device {args.device}, dtype {dtype}, threads {torch.get_num_threads()}, "
                   f"vision backend {chatspot.runtime.backend_name}, runtime decoder "
                   f"{'dynamic' if chatspot.runtime.decoder is None else 'static'} (--decoder {args.decoder}), "
-                  f"max_new_tokens {args.max_new_tokens}, median of {args.repeats}")
+                  f"max_new_tokens {args.max_new_tokens}, median of {args.repeats}, {args.clock} clock")
             if remote is not None:
                 print(f"# vllm: {remote.runtime.model_name} at {server_config.display_url}, "
                       f"{server_config.max_concurrency} requests in flight, image {server_config.image_format}")

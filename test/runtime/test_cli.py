@@ -69,7 +69,7 @@ def test_the_default_templates_are_the_installed_file(monkeypatch) -> None:
 
 def test_ask_errors(tiny_model_dir, image_path, tmp_path, capsys) -> None:
     assert ask.main(["--model", str(tmp_path / "none"), "--image", str(image_path), "--question", "x"]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert "no such folder" in capsys.readouterr().err
     assert ask.main(["--model", str(tiny_model_dir), "--image", str(tmp_path / "no.png"), "--question", "x"]) == 2
     with pytest.raises(SystemExit):
         ask.main(["--model", str(tiny_model_dir), "--image", str(image_path), "--question", "x", "--box", "1,2,3"])
@@ -131,7 +131,7 @@ def test_build_engine_onnx_only(tiny_model_dir, engine_dir, capsys) -> None:
 def test_build_engine_without_tensorrt_fails_clearly(tiny_model_dir, engine_dir, capsys, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     assert build_engine.main(["--model", str(tiny_model_dir), "--engine-dir", str(engine_dir), "--device", "cpu"]) == 2
-    assert "TensorRT is not installed" in capsys.readouterr().err
+    assert "a TensorRT engine is built for a CUDA GPU" in capsys.readouterr().err  # cli/errors.py (#25): before the import
 
 
 def _python_m(*args: str) -> subprocess.CompletedProcess:
@@ -147,7 +147,7 @@ def test_ask_runs_with_python_m(tiny_model_dir, image_path) -> None:
     assert json.loads(line)["region"] == {"kind": "point", "points": [[20.0, 30.0]]}
     refused = _python_m("chatspot_ros.cli.ask", "--model", str(image_path.parent / "none"),
                         "--image", str(image_path), "--question", "x")
-    assert refused.returncode == 2 and "does not exist" in refused.stderr
+    assert refused.returncode == 2 and "no such folder" in refused.stderr
 
 
 @pytest.mark.parametrize("module, prog", [("chatspot_ros.cli.bench", "chatspot-bench"),
