@@ -85,7 +85,7 @@ def test_every_bucket_captures_as_one_graph(rows, prefix_len, suffix_len) -> Non
     torch._dynamo.reset()
     with torch.inference_mode():
         explained = torch._dynamo.explain(step)(ids, positions, slot)
-    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_break_count == 0 and explained.break_reasons == [], explained.break_reasons
     assert explained.graph_count == 1
 
 
@@ -136,3 +136,27 @@ def test_compile_cache_on_disk_makes_a_restart_warm_up_faster(tmp_path) -> None:
     assert "cold (0 files before)" in cold_log and ", warm (" in warm_log
     assert any((tmp_path / "cache").rglob("*.py")), "the generated code is on disk"
     assert warm < cold, (cold, warm)
+
+
+def test_explain_sees_a_planted_graph_break(monkeypatch) -> None:
+    """The graph-break count above can fail: a step that reads a value on the host breaks the graph."""
+    from chatspot_ros.runtime.static_decoder import StaticStep
+
+    lm, *_ = _case("llama", 4, 2, 8)
+    decoder = StaticDecoder(lm, torch.device("cpu"), torch.float32, compile="off")
+    key, step = decoder._bucket(1, 9, 12)
+    forward = StaticStep.forward
+
+    def with_break(self, ids, positions, slots, valid=None):
+        out = forward(self, ids, positions, slots, valid)
+        if float(out[0, 0]) > 1e9:  # data-dependent Python control flow: dynamo must break here
+            out = out + 1
+        return out
+
+    monkeypatch.setattr(StaticStep, "forward", with_break)
+    torch._dynamo.reset()
+    with torch.inference_mode():
+        explained = torch._dynamo.explain(step)(torch.zeros((1, 1), dtype=torch.long),
+                                                torch.full((1, 1), 9, dtype=torch.long), torch.tensor([3]))
+    # this torch reports the break as a reason (the frame falls back to eager after it), not in the count
+    assert explained.break_reasons
