@@ -359,7 +359,8 @@ class StaticDecoder:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.warmup_s = time.perf_counter() - start
-        state = "off" if self.cache_dir is None else f"{self.cache_dir}, {'warm' if before else 'cold'} ({before} files before)"
+        state = "off" if self.cache_dir is None else \
+            f"{self.cache_dir}, {'warm' if before else 'cold'} ({before} files before)"
         LOGGER.info("decode-step compile warm-up for batch %d, prefix capacity %d, suffix capacity %d: %.1f s "
                     "(%s, compile cache %s)", *key, self.warmup_s, self.compile_backend, state)
         return self.warmup_s

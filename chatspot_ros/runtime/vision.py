@@ -180,7 +180,9 @@ class TensorPreprocessor:
     def __init__(self, settings: dict, pad_to_square: bool, background: Sequence[int], device: torch.device) -> None:
         self.device = device
         self.pad_to_square = pad_to_square
-        self.background = torch.tensor(list(background), dtype=torch.float32, device=device)[:, None, None]
+        # (3, 1, 1) constants made on the CPU and moved to the device at the first frame (a backend may be
+        # constructed where the device is not usable yet, e.g. while `auto` picks a backend)
+        self.background = torch.tensor(list(background), dtype=torch.float32)[:, None, None]
         resample = int(settings.get("resample", 3))
         if resample not in _RESAMPLE_MODES:
             raise ValueError(f"resample {resample} has no tensor equivalent (supported: 2 bilinear, 3 bicubic)")
@@ -193,8 +195,9 @@ class TensorPreprocessor:
         self.crop = (int(crop["height"]), int(crop["width"])) if settings.get("do_center_crop") and crop else None
         self.scale = float(settings.get("rescale_factor", 1 / 255)) if settings.get("do_rescale", True) else 1.0
         self.normalize = bool(settings.get("do_normalize", True))
-        self.mean = torch.tensor(settings.get("image_mean", [0.0] * 3), dtype=torch.float32, device=device)[:, None, None]
-        self.std = torch.tensor(settings.get("image_std", [1.0] * 3), dtype=torch.float32, device=device)[:, None, None]
+        self.mean = torch.tensor(settings.get("image_mean", [0.0] * 3), dtype=torch.float32)[:, None, None]
+        self.std = torch.tensor(settings.get("image_std", [1.0] * 3), dtype=torch.float32)[:, None, None]
+        self._on_device = False
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """HF's resize target (get_resize_output_image_size with default_to_square=False)."""
@@ -224,6 +227,9 @@ class TensorPreprocessor:
     @torch.inference_mode()
     def __call__(self, frames: Sequence[np.ndarray]) -> torch.Tensor:
         """frames: B arrays (H, W, 3) uint8 RGB -> pixel_values (B, 3, S, S) float32 on the device."""
+        if not self._on_device:
+            self.background, self.mean, self.std = (t.to(self.device) for t in (self.background, self.mean, self.std))
+            self._on_device = True
         out = []
         for frame in frames:
             ImagePreprocessor.check_frame(frame)

@@ -131,7 +131,8 @@ def test_build_engine_onnx_only(tiny_model_dir, engine_dir, capsys) -> None:
 def test_build_engine_without_tensorrt_fails_clearly(tiny_model_dir, engine_dir, capsys, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     assert build_engine.main(["--model", str(tiny_model_dir), "--engine-dir", str(engine_dir), "--device", "cpu"]) == 2
-    assert "a TensorRT engine is built for a CUDA GPU" in capsys.readouterr().err  # cli/errors.py (#25): before the import
+    # cli/errors.py (#25) refuses the CPU before TensorRT is imported
+    assert "a TensorRT engine is built for a CUDA GPU" in capsys.readouterr().err
 
 
 def _python_m(*args: str) -> subprocess.CompletedProcess:
