@@ -93,19 +93,6 @@ _SENTENCES = (
 )
 
 
-
-_SENTENCES = (
-    "A chat between a curious human and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the human's questions.",
-    "USER: <image>\nWhat is in the region <box>[0.12, 0.34, 0.56, 0.78]</box>? ASSISTANT:",
-    "USER: <image>\nDescribe the image in detail. ASSISTANT: The image shows a street with cars.",
-    "Given an image <image>, what is the object doing in the region <box>(0.1,0.2),(0.3,0.4)</box>?",
-    "What can you see in this region? What text can you see in this region?",
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n",
-    "The robot should: 1. move the arm, 2. open the gripper, 3. grasp the cup; - then place it.",
-)
-
-
 def _corpus(seed: int, n_lines: int = 1500) -> list[str]:
     rng = random.Random(seed)
     lines = list(_SENTENCES) * 20

@@ -285,12 +285,7 @@ class ChatSpotRuntime:
         if isinstance(prompts, str):
             raise TypeError("prompts must be a sequence of strings, not one string")
         with self._lock:
-            n_image = features.features.shape[1]
-            token_lists = [self.tokenize_prompt(p, n_image) for p in prompts]
-            groups: OrderedDict[tuple[int, ...], list[int]] = OrderedDict()
-            for index, ids in enumerate(token_lists):
-                last_image = len(ids) - 1 - ids[::-1].index(self.image_token_id)
-                groups.setdefault(tuple(ids[: last_image + 1]), []).append(index)
+            token_lists, groups = self._group_by_prefix(features, prompts)
             results: list[Generation | None] = [None] * len(prompts)
             batches: list[BatchTiming] = []
             for batch, (prefix, indices) in enumerate(groups.items()):
@@ -323,6 +318,18 @@ class ChatSpotRuntime:
                 raise RuntimeError(f"internal error: no generation for prompt(s) {missing}")
             return GenerationResult(generations=tuple(results), batches=tuple(batches))  # type: ignore[arg-type]
 
+    def _group_by_prefix(self, features: FrameFeatures, prompts: Sequence[str]
+                         ) -> tuple[list[list[int]], "OrderedDict[tuple[int, ...], list[int]]"]:
+        """Token ids per prompt, and the prompts grouped by their shared prefix (up to the last
+        image token), in first-seen order: each group is prefilled once and decoded as one batch."""
+        n_image = features.features.shape[1]
+        token_lists = [self.tokenize_prompt(p, n_image) for p in prompts]
+        groups: OrderedDict[tuple[int, ...], list[int]] = OrderedDict()
+        for index, ids in enumerate(token_lists):
+            last_image = len(ids) - 1 - ids[::-1].index(self.image_token_id)
+            groups.setdefault(tuple(ids[: last_image + 1]), []).append(index)
+        return token_lists, groups
+
     def teacher_forced_logits(self, features: FrameFeatures, prompts: Sequence[str],
                               references: Sequence[Sequence[int]]) -> list[torch.Tensor]:
         """Per prompt, the runtime's logits (len(reference), V) float32 with the reference's tokens fed in,
@@ -330,12 +337,7 @@ class ChatSpotRuntime:
         from chatspot_ros.runtime.fidelity import teacher_forced_logits
 
         with self._lock:
-            n_image = features.features.shape[1]
-            token_lists = [self.tokenize_prompt(p, n_image) for p in prompts]
-            groups: OrderedDict[tuple[int, ...], list[int]] = OrderedDict()
-            for index, ids in enumerate(token_lists):
-                last_image = len(ids) - 1 - ids[::-1].index(self.image_token_id)
-                groups.setdefault(tuple(ids[: last_image + 1]), []).append(index)
+            token_lists, groups = self._group_by_prefix(features, prompts)
             out: list[torch.Tensor | None] = [None] * len(prompts)
             for prefix, indices in groups.items():
                 with self._model_errors():
