@@ -12,6 +12,7 @@ Stamps are the wall clock at each tick. Imports rclpy; DDS stays on loopback
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from collections.abc import Sequence
@@ -93,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     image_type = T.IMAGE if args.transport == "raw" else T.COMPRESSED_IMAGE
     ts = T.typestore()
     frames = _frames(args)
-    rgb, _ = next(frames)  # a bad --image fails before any DDS start-up
+    first = next(frames)  # a bad --image fails before any DDS start-up; published first below
     dds = DdsPublisher("chatspot_publish")
     ticks = 0
     try:
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         if missing:
             print(f"{PROG}: warning: no subscriber on {image_topic}; publishing anyway", file=sys.stderr)
         wall0 = time.monotonic()
-        for rgb, content in frames:
+        for rgb, content in itertools.chain([first], frames):
             stamp = time.time_ns()
             height, width = rgb.shape[:2]
             _, image = bag.image_message(ts, rgb, stamp, args.transport)

@@ -184,7 +184,11 @@ def prepare_out(out: Path, run: dict[str, Any], *, overwrite: bool, resume: bool
             previous_file = out / RUN_FILE
             if not previous_file.is_file():
                 raise UsageError(f"--resume: {out} has no {RUN_FILE}; it is not the output of {PROG}")
-            previous = json.loads(previous_file.read_text(encoding="utf-8"))
+            try:
+                previous = json.loads(previous_file.read_text(encoding="utf-8"))
+            except ValueError as err:
+                raise UsageError(f"--resume: {previous_file} is damaged ({err}); use another --out or "
+                                 "--overwrite") from None
             changed = sorted(k for k in set(run) | set(previous) if run.get(k) != previous.get(k))
             if changed:
                 raise UsageError(f"--resume: {out} was made with other settings ({', '.join(changed)}); use "

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from chatspot_ros.cli.errors import UsageError, cli_main, finish_parser, cli_main
+from chatspot_ros.cli.errors import UsageError, cli_main, finish_parser
 
 PROG = "chatspot-studio"
 
@@ -145,7 +145,6 @@ async def serve(studio: Any) -> None:
 
 
 @cli_main(PROG)  # the one error contract (chatspot_ros/cli/errors.py)
-@cli_main(PROG)
 def main(argv: Sequence[str] | None = None) -> int:
     ours, ros_args = split_ros_args(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(ours)

@@ -163,6 +163,11 @@ class Replayer:
                 group.annotations = value
         if group is not None:
             self._write_group(group)
+        if not self.service.status().awaiting_frame:
+            # Nothing queued, running or waiting for its frame: an open request not answered by now
+            # was refused or dropped (the service counted it) and can never be answered.
+            self._open.clear()
+            self._open_clicks.clear()
 
     # -- inputs: the node's conversions, on recorded messages --------------------------------------
 

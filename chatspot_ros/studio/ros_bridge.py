@@ -224,10 +224,13 @@ class RosBackend(Backend):
         def feedback(fb: Any) -> None:  # executor thread
             loop.call_soon_threadsafe(on_partial, fb.feedback.partial, int(fb.feedback.tokens))
 
+        goal_future = self._describe.send_goal_async(goal, feedback_callback=feedback)
         try:
-            handle = await asyncio.wait_for(
-                self._bridge(self._describe.send_goal_async(goal, feedback_callback=feedback)), 10.0)
+            handle = await asyncio.wait_for(self._bridge(goal_future), 10.0)
         except asyncio.TimeoutError:
+            # Nobody will read a goal accepted after this: cancel it then, so the agent does not
+            # spend a whole answer on it.
+            goal_future.add_done_callback(_cancel_if_accepted)
             return Answer(ok=False, message="the agent did not take the describe goal within 10 s",
                           referred_by=referred_by)
         if not handle.accepted:
@@ -238,8 +241,8 @@ class RosBackend(Backend):
             done, _ = await asyncio.wait({result_future, cancelled}, timeout=self.answer_timeout_s,
                                          return_when=asyncio.FIRST_COMPLETED)
             if not result_future.done():
-                await self._bridge(handle.cancel_goal_async())
-                try:
+                try:  # an agent that died answers neither the cancel nor the result: never wait unbounded
+                    await asyncio.wait_for(self._bridge(handle.cancel_goal_async()), 10.0)
                     await asyncio.wait_for(asyncio.shield(result_future), 10.0)
                 except asyncio.TimeoutError:
                     return Answer(ok=False, cancelled=cancel.is_set(), message="the agent did not end the goal")
@@ -334,3 +337,10 @@ class RosBackend(Backend):
                               else "not available (ask service)" if self._ask.service_is_ready() else "not available")
         return status
 
+
+def _cancel_if_accepted(goal_future: Any) -> None:
+    """Done-callback of a describe goal given up on: cancel it if the agent accepted it late."""
+    if goal_future.exception() is None:
+        handle = goal_future.result()
+        if handle is not None and handle.accepted:
+            handle.cancel_goal_async()

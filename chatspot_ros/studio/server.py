@@ -20,6 +20,7 @@ import collections
 import ipaddress
 import json
 import logging
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +91,14 @@ class StudioConfig:
             parts = urlsplit(origin)
             if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
                 raise ValueError(f"allowed origin must look like http://host:port, got {origin!r}")
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        return False
 
 
 def is_loopback(host: str) -> bool:
@@ -166,13 +175,15 @@ class Studio(FrameSink):
         return response
 
     def _host_allowed(self, request: web.Request) -> bool:
-        """On a loopback bind, the Host header must be a loopback name: a page of a rebound DNS name
-        (evil.example resolving to 127.0.0.1) is refused."""
-        if not is_loopback(self.config.host):
-            return True
+        """The Host header must name this machine: an IP address, a loopback name, the bound host,
+        this machine's own names or an ``--allow-origin`` host. A page of a rebound DNS name
+        (evil.example resolving to this machine) is refused, on a loopback bind and off it."""
         host = urlsplit(f"//{request.host}").hostname or ""
+        if is_loopback(host) or _is_ip(host):
+            return True
+        own = {self.config.host, socket.gethostname(), socket.getfqdn()}
         allowed = {urlsplit(o).hostname for o in self.config.allowed_origins}
-        return is_loopback(host) or host in allowed
+        return host.lower() in {h.lower() for h in own | allowed if h}
 
     def _origin_allowed(self, request: web.Request) -> bool:
         origin = request.headers.get("Origin")

@@ -64,6 +64,20 @@ def test_the_defaults_bind_the_loopback_and_bad_settings_are_refused() -> None:
             StudioConfig(**bad)
 
 
+def test_host_rule_off_loopback_refuses_other_names() -> None:
+    """Bound to every interface (checked on the method: tests never bind off loopback), the Host
+    header must still name this machine: a rebound DNS name is refused."""
+    from types import SimpleNamespace
+
+    from chatspot_ros.studio.server import Studio
+
+    studio = Studio(ScriptedBackend(), StudioConfig(host="0.0.0.0", allowed_origins=("http://robot.lan:8765",)))
+    allowed = lambda host: studio._host_allowed(SimpleNamespace(host=host))  # noqa: E731
+    assert allowed("192.168.1.20:8765") and allowed("[fe80::1]:8765") and allowed("localhost:8765")
+    assert allowed(f"{socket.gethostname()}:8765") and allowed("robot.lan:8765")
+    assert not allowed("evil.example:8765") and not allowed("robot.lan.evil.example")
+
+
 # ---------------------------------------------------------------------------------------------
 # HTTP
 
