@@ -11,6 +11,7 @@ SPLITS=${SPLITS:-"val test crowded same_category sizes overlap tables"}
 THREADS=${THREADS:-2}
 BASELINE=${BASELINE:---stage0-baseline}   # BASELINE= for a model without the wiring
 cd "$(dirname "$0")/.."
+mkdir -p "$(dirname "$OUT")" "$OUT"
 for split in $SPLITS; do
   world=build/world/${split}${FRAMES}
   if [ ! -f "$world/instances.json" ]; then

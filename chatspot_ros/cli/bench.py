@@ -401,8 +401,9 @@ def bench_one(chatspot: Any, processor: Any, frame: np.ndarray, k: int, args: ar
             naive_vision.append(prep_ms)
             runtime_times.append(runtime_ms)
 
-    fidelity = judge(runtime, frame, prompts,
-                     reference_with_logits(chatspot, processor, frame, prompts, args.max_new_tokens), generations)
+    # ``generations`` are of the last frame shown (a one-pixel variant per repeat when vLLM runs too).
+    fidelity = judge(runtime, shown, prompts,
+                     reference_with_logits(chatspot, processor, shown, prompts, args.max_new_tokens), generations)
     ids, prefix = _prompt_ids(runtime, prompts)
     suffix = statistics.mean(len(x) - prefix for x in ids)
     generated = statistics.mean(g.tokens for g in generations)
@@ -477,8 +478,18 @@ def _model_dir(args: argparse.Namespace) -> tuple[Path, str]:
     return folder, f"{args.preset} (random weights)"
 
 
+# Correct runs stayed within 1 eps on the tiny half-precision shapes (fidelity.py); well above that, a
+# near-tie verdict leans on a budget never calibrated on this model: say so beside the row.
+FIDELITY_WARN_EPS = 4.0
+
+
 def _passes(row: BenchRow | DecoderRow, dtype: str) -> bool:
     """Only a real divergence fails (fidelity.py); float32 must also give the reference's ids exactly."""
+    eps = getattr(row, "max_logit_diff_eps", 0.0)
+    if eps > FIDELITY_WARN_EPS:
+        print(f"chatspot-bench: warning: the largest logit difference is {eps:.1f} dtype eps x the largest "
+              "logit (correct tiny models stay within 1): the budget that made its divergences near-ties was "
+              "not calibrated on this model, so check them (runtime/fidelity.py)", file=sys.stderr)
     return row.rows_diverged == 0 and (row.identical or dtype != "float32")
 
 
@@ -541,7 +552,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         chatspot = ChatSpot.from_config(RuntimeConfig(model_path=str(folder), device=args.device, dtype=dtype,
                                                       vision_backend=args.vision_backend,
                                                       quantization=args.quantization, decoder=args.decoder,
-                                                      compile=args.compile, sync_every=args.sync_every))
+                                                      compile=args.compile, sync_every=args.sync_every,
+                                                      warmup_new_tokens=args.max_new_tokens))
     except (FileNotFoundError, ValueError, ImportError, RuntimeError) as err:
         print(f"chatspot-bench: error: {err}", file=sys.stderr)
         return 2

@@ -34,6 +34,9 @@ class RuntimeConfig:
     decoder: str = "auto"
     compile: str = "auto"  # torch.compile of the static decode step: "auto" (on CUDA), "off", "on"
     sync_every: int = 0  # decode steps between host reads of the tokens; 0: auto (8 on CUDA, 1 on the CPU)
+    # the answer length the compiled decode step is warmed up for at load (one region): the caller's
+    # max_new_tokens, so the first frame finds its bucket compiled (a different length may need another)
+    warmup_new_tokens: int = 64
     quantization: str = "none"  # weight-only "int8" (any device) or "int4" (CUDA) of the LLM, torchao
 
     def __post_init__(self) -> None:
@@ -57,6 +60,9 @@ class RuntimeConfig:
             raise ValueError("engine_dir must be a non-empty path")
         if self.decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
+        if isinstance(self.warmup_new_tokens, bool) or not isinstance(self.warmup_new_tokens, int) \
+                or self.warmup_new_tokens < 1:
+            raise ValueError(f"warmup_new_tokens must be an int >= 1, got {self.warmup_new_tokens!r}")
         if self.compile not in COMPILE_MODES:
             raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}")
         if self.quantization not in QUANTIZATIONS:

@@ -150,13 +150,11 @@ class ChatSpotRuntime:
         Nothing to do when the step is not compiled (the CPU default). Returns seconds."""
         if self.decoder is None:
             return 0.0
-        from chatspot_ros.runtime.config import GenerationConfig
-
         prompt = self.conversation.render("What is in this region? [0.100, 0.200, 0.300, 0.400]")
         ids = self.tokenize_prompt(prompt, self.num_image_tokens)
         prefix = len(ids) - ids[::-1].index(self.image_token_id)
         with self._model_errors():
-            return self.decoder.warm_up(prefix, len(ids) - prefix + GenerationConfig().max_new_tokens)
+            return self.decoder.warm_up(prefix, len(ids) - prefix + self.config.warmup_new_tokens)
 
     @property
     def backend_name(self) -> str:

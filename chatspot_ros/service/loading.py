@@ -49,6 +49,7 @@ def runtime_config_for(config: AgentConfig) -> RuntimeConfig:
         feature_cache_size=config.model_feature_cache_size, trust_remote_code=config.model_trust_remote_code,
         decoder=config.generation_decoder, compile=config.generation_compile,
         sync_every=config.generation_sync_every, quantization=config.model_quantization,
+        warmup_new_tokens=config.generation_max_new_tokens,
     )
 
 

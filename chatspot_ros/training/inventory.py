@@ -45,12 +45,25 @@ def inventory(model: Any) -> list[Row]:
     units = sum(int((layer.mlp.down_proj.weight != 0).any(0).sum()) for layer in wired)
     n = layout.vision_dims
     pos_dims = tower.embeddings.position_embedding.weight[:, :n].numel()
+    # The tower's rows that write the position dims are set by wire_vision (zero, or LayerNorm's
+    # identity) and pinned by protect_vision's gradient hooks: built by hand, though in learned modules.
+    pinned_vision = sum(t[:n].numel() for t in (
+        tower.embeddings.patch_embedding.weight, tower.embeddings.class_embedding,
+        tower.pre_layrnorm.weight, tower.pre_layrnorm.bias,
+        *(t for layer in tower.encoder.layers for linear in (layer.self_attn.out_proj, layer.mlp.fc2)
+          for t in (linear.weight, linear.bias))))
+    # Likewise the box channel (SEL, SEL + 1) of the trained layers and the final norm: protect_box_readout.
+    sel = slice(layout.sel, layout.sel + 2)
+    pinned_box = lm.norm.weight[sel].numel() + sum(
+        t[sel].numel() for layer in trained for t in (layer.self_attn.o_proj.weight, layer.mlp.down_proj.weight))
     readout = 2 * model.lm_head.weight.shape[0]
     rows = [
-        Row("vision tower", "learned (stage 0)", _numel(tower) - pos_dims,
+        Row("vision tower", "learned (stage 0)", _numel(tower) - pos_dims - pinned_vision,
             "supervised per patch with the world's exact colour/shape masks and object boxes (vision_pretrain.py)"),
-        Row("vision position one-hots", "built by hand", pos_dims,
-            f"patch column/row one-hots in {n} position-embedding dims; the tower keeps them (gradient hooks)"),
+        Row("vision position one-hots", "built by hand", pos_dims + pinned_vision,
+            f"patch column/row one-hots in {n} position-embedding dims, and the tower's rows that write those dims "
+            "(patch and class embedding, pre-LayerNorm, every out_proj and fc2: zero or identity), pinned by "
+            "gradient hooks"),
         Row("projector", "built by hand", _numel(projector),
             f"{_nonzero(projector.linear_1.weight) + _nonzero(projector.linear_2.weight):,} non-zero weights: "
             "column/row one-hots and the stage-0 head's logits and box, passed through unchanged"),
@@ -61,12 +74,14 @@ def inventory(model: Any) -> list[Row]:
             f"{attn_nonzero} non-zero attention weights and {units} MLP units do the work (the rest frozen random "
             "or zero); query scales fitted on rendered frames"),
         Row(f"decoder layers {rp.WIRED_LAYERS}-{len(lm.layers) - 1} and final norm", "learned",
-            sum(_numel(layer) for layer in trained) + _numel(lm.norm),
+            sum(_numel(layer) for layer in trained) + _numel(lm.norm) - pinned_box,
             "answers: category words, attributes, captions, plans, counts (stage scratch, --freeze-path)"),
         Row("LM head", "learned", model.lm_head.weight.numel() - readout,
             "all columns but the two box-readout columns"),
-        Row("LM head box readout", "built by hand", readout,
-            "two columns that turn the wired box value into the nearest coordinate token (REC)"),
+        Row("LM head box readout", "built by hand", readout + pinned_box,
+            "two columns that turn the wired box value into the nearest coordinate token (REC), and the rows of "
+            f"that box channel in layers {rp.WIRED_LAYERS}-{len(lm.layers) - 1} and the final norm, pinned by "
+            "gradient hooks"),
     ]
     total = sum(p.numel() for p in model.parameters())
     if sum(r.parameters for r in rows) != total:

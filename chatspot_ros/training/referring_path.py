@@ -748,7 +748,6 @@ def wiring_problems(model: Any, tokenizer: Any, coord_tokens: Sequence[str]) -> 
             problems.append("the coordinate tokens carry no bound codes")
         if not (close(emb[specials["["], L.OPEN], 1.0) and close(emb[specials["]"], L.CLOSE], 1.0)):
             problems.append("'[' and ']' carry no markers")
-        hd = model.config.text_config.hidden_size // model.config.text_config.num_attention_heads
         for layer, src, dst in ((2, L.image, L.region), (3, L.region, L.answer_region)):
             attn = lm.layers[layer].self_attn
             v = attn.v_proj.weight[:L.image_dims, src].float()
@@ -761,13 +760,6 @@ def wiring_problems(model: Any, tokenizer: Any, coord_tokens: Sequence[str]) -> 
         if scale <= 0 or not close(readout / scale, torch.stack([2 * t, 1 - t * t], 1)):
             problems.append("the LM head holds no box-readout columns")
     return problems
-
-
-def verify_wiring(model: Any, tokenizer: Any, coord_tokens: Sequence[str]) -> None:
-    """Raise ValueError (one line) unless the model carries the wired route (``wiring_problems``)."""
-    problems = wiring_problems(model, tokenizer, coord_tokens)
-    if problems:
-        raise ValueError("; ".join(problems))
 
 
 def _causal(scores: Any) -> Any:
