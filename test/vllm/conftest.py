@@ -39,8 +39,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     skip = pytest.mark.skip(
         reason=f"no vLLM venv at {VENV}: run `make test-vllm` (it builds .venv-vllm, ~3 min, 3.5 GB)")
-    for item in items:
-        if "vllm" in item.keywords:
+    for item in items:  # the marker, not the keyword: a test parametrized with "vllm" is not one of these
+        if item.get_closest_marker("vllm") is not None:
             item.add_marker(skip)
 
 
