@@ -5,7 +5,6 @@ checked against the node's parameter table. Where launch_ros is installed, it is
 """
 from __future__ import annotations
 
-import ast
 import importlib.util
 import json
 import re
@@ -16,22 +15,11 @@ import yaml
 
 from chatspot_ros.service.config import PARAMETERS, PARAMETERS_BY_NAME, AgentConfig
 
+from launch_tables import LAUNCH_FILE, launch_tables
+
 REPO = Path(__file__).resolve().parents[2]
-LAUNCH_FILE = REPO / "launch" / "agent.launch.py"
 PARAMS_FILE = REPO / "config" / "agent.yaml"
 NODE_DOC = REPO / "docs" / "node.md"
-
-
-def launch_tables() -> dict[str, object]:
-    tree = ast.parse(LAUNCH_FILE.read_text(), filename=str(LAUNCH_FILE))
-    tables = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            try:
-                tables[node.targets[0].id] = ast.literal_eval(node.value)
-            except ValueError:
-                continue
-    return tables
 
 
 def test_the_params_file_sets_exactly_the_declared_parameters_with_their_defaults() -> None:

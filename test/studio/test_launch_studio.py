@@ -6,25 +6,14 @@ argument parser), the installed executable, and the ROS command line the launch 
 """
 from __future__ import annotations
 
-import ast
 import re
 from pathlib import Path
 
 from chatspot_ros.cli.studio import build_parser, split_ros_args
 
+from launch_tables import LAUNCH_FILE, launch_tables
+
 REPO = Path(__file__).resolve().parents[2]
-LAUNCH_FILE = REPO / "launch" / "agent.launch.py"
-
-
-def launch_tables() -> dict[str, object]:
-    tables = {}
-    for node in ast.parse(LAUNCH_FILE.read_text()).body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            try:
-                tables[node.targets[0].id] = ast.literal_eval(node.value)
-            except ValueError:
-                continue
-    return tables
 
 
 def test_studio_arguments_are_declared_and_map_to_options_the_studio_takes() -> None:
